@@ -1,0 +1,1 @@
+"""The corosync executive: Totem, transports, crypto, IPC server, sync and config."""

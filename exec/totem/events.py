@@ -1,0 +1,134 @@
+"""The seam between the sans-IO Totem state machine and its drivers.
+
+The state machine (:mod:`corosync.exec.totem.srp`) never touches a socket, a clock or
+trio.  A driver (the trio executive, or the simulator) feeds it inputs through method
+calls, each with the driver's current time ``now`` in milliseconds, and carries out the
+returned actions in order:
+
+===========================  ==========================================================
+action                       what the driver does
+===========================  ==========================================================
+:class:`Unicast`             send ``data`` to the node ``nodeid`` (token, commit token)
+:class:`Multicast`           send ``data`` to every member **including this node** (udpu:
+                             to every nodelist address; udp: multicast plus a local copy)
+:class:`StartTimer`          (re)arm the one timer of that kind to fire after ``ms``
+:class:`CancelTimer`         disarm it (no-op when not armed)
+:class:`Deliver`             hand an ordered MCAST payload (a totempg packet) upwards
+:class:`ConfChg`             hand a transitional or regular configuration upwards
+:class:`PersistRingSeq`      store the ring sequence durably (``ringid_<nodeid>``)
+:class:`Log`                 log a line (corosync wording; subsystem TOTEM)
+===========================  ==========================================================
+
+There is exactly one timer per :class:`TimerKind`; starting an armed timer re-arms it.
+When a timer fires the driver calls ``timer_expired(kind, now)``; a driver must not fire
+a timer that was cancelled or re-armed since.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Union
+
+from attrs import frozen
+
+from .wire import RingId
+
+
+class TimerKind(enum.Enum):
+    TOKEN_LOSS = "token"
+    TOKEN_RETRANSMIT = "token_retransmit"
+    TOKEN_HOLD = "hold"
+    JOIN = "join"
+    CONSENSUS = "consensus"
+    MERGE_DETECT = "merge"
+    DOWNCHECK = "downcheck"
+
+
+class Guarantee(enum.IntEnum):
+    """Delivery guarantee of a message, as in the MCAST ``guarantee`` field."""
+
+    AGREED = 0
+    SAFE = 1
+
+
+class ConfChgKind(enum.IntEnum):
+    TRANSITIONAL = 0  # TOTEM_CONFIGURATION_TRANSITIONAL
+    REGULAR = 1  # TOTEM_CONFIGURATION_REGULAR
+
+
+class LogLevel(enum.IntEnum):
+    """syslog severities, as corosync's logsys uses them."""
+
+    CRIT = 2
+    ERROR = 3
+    WARNING = 4
+    NOTICE = 5
+    INFO = 6
+    DEBUG = 7
+    TRACE = 8
+
+
+@frozen
+class Unicast:
+    nodeid: int
+    data: bytes
+
+
+@frozen
+class Multicast:
+    data: bytes
+
+
+@frozen
+class StartTimer:
+    kind: TimerKind
+    ms: int
+
+
+@frozen
+class CancelTimer:
+    kind: TimerKind
+
+
+@frozen
+class Deliver:
+    """One MCAST payload in agreed (or safe) order.
+
+    ``sender`` is the originating nodeid (MCAST header nodeid), ``payload`` the totempg
+    packet, ``swapped`` whether the originator was big-endian, ``seq``/``ring_id`` where
+    the message was ordered, ``guarantee`` as sent.
+    """
+
+    sender: int
+    payload: bytes
+    ring_id: RingId
+    seq: int
+    guarantee: int = 0
+    swapped: bool = False
+
+
+@frozen
+class ConfChg:
+    """A configuration change.  Lists are sorted ascending nodeids."""
+
+    kind: ConfChgKind
+    members: tuple[int, ...]
+    left: tuple[int, ...]
+    joined: tuple[int, ...]
+    ring_id: RingId
+
+
+@frozen
+class PersistRingSeq:
+    seq: int
+
+
+@frozen
+class Log:
+    level: LogLevel
+    message: str
+    subsys: str = "TOTEM"
+
+
+Action = Union[Unicast, Multicast, StartTimer, CancelTimer, Deliver, ConfChg,
+               PersistRingSeq, Log]
