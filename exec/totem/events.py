@@ -14,6 +14,7 @@ action                       what the driver does
 :class:`StartTimer`          (re)arm the one timer of that kind to fire after ``ms``
 :class:`CancelTimer`         disarm it (no-op when not armed)
 :class:`Deliver`             hand an ordered MCAST payload (a totempg packet) upwards
+:class:`PgDeliver`           (from TotemPg) hand one reassembled message upwards
 :class:`ConfChg`             hand a transitional or regular configuration upwards
 :class:`PersistRingSeq`      store the ring sequence durably (``ringid_<nodeid>``)
 :class:`Log`                 log a line (corosync wording; subsystem TOTEM)
@@ -108,6 +109,21 @@ class Deliver:
 
 
 @frozen
+class PgDeliver:
+    """One whole application message after totempg unpacking/reassembly (emitted by
+    :class:`corosync.exec.totem.pg.TotemPg` in place of the :class:`Deliver` actions of
+    the packets that carried it).  ``groups`` are the group names of its group header,
+    ``message`` the bytes after that header."""
+
+    sender: int
+    groups: tuple[bytes, ...]
+    message: bytes
+    ring_id: RingId
+    guarantee: int = 0
+    swapped: bool = False
+
+
+@frozen
 class ConfChg:
     """A configuration change.  Lists are sorted ascending nodeids."""
 
@@ -130,5 +146,5 @@ class Log:
     subsys: str = "TOTEM"
 
 
-Action = Union[Unicast, Multicast, StartTimer, CancelTimer, Deliver, ConfChg,
+Action = Union[Unicast, Multicast, StartTimer, CancelTimer, Deliver, PgDeliver, ConfChg,
                PersistRingSeq, Log]
