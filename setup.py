@@ -58,6 +58,7 @@ setup(
     packages=packages,
     package_dir=package_dir,
     package_data={"corosync": ["py.typed"], "corosync.lib": ["_c/*.c", "_c/*.h"]},
-    cffi_modules=["lib/_c/build_codec.py:ffibuilder"] if os.environ.get("COROSYNC_NO_CEXT") != "1" else [],
+    cffi_modules=(["lib/_c/build_codec.py:ffibuilder", "lib/_c/build_crypto.py:ffibuilder"]
+                  if os.environ.get("COROSYNC_NO_CEXT") != "1" else []),
     cmdclass={"build_ext": OptionalBuildExt},
 )
