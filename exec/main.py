@@ -1,0 +1,368 @@
+"""``corosync``: the cluster engine executable.
+
+Flags as the real 3.1.7 daemon: ``-c FILE`` config, ``-f`` foreground, ``-t`` test the
+config and exit, ``-v`` version; ``-p`` / ``-r`` (old scheduler/memlock switches) are
+accepted and ignored; anything else prints the usage on stderr and exits 1.
+
+Config path: ``-c``, else ``$COROSYNC_MAIN_CONFIG_FILE``, else /etc/corosync/corosync.conf.
+When that default file does not exist and neither ``-c`` nor the variable was given, the
+embedded default (one node on 127.0.0.1, udpu) is used with a notice, so ``corosync -f``
+works straight after ``pip install``.
+
+Exit codes are corosync's ``e_corosync_done`` values: 8 config, 15 fatal, 16 missing
+directory, 17 lock failure, 18 already running.
+
+Startup order (and why):
+
+1. parse the config — syntax errors print ``parser error: …`` without any other line,
+   like the real daemon; semantic errors are logged after the "starting up" line;
+2. without ``-f``: detach (double fork, setsid, chdir /, stdio to /dev/null).  The parent
+   waits on a pipe until the daemon reports "running" or an exit code, so scripts see a
+   failure instead of a silently dead daemon;
+3. logging per the config; pid file ``<run_dir>/corosync.pid`` locked with a POSIX lock
+   (same kind as the real daemon, so the two exclude each other on one machine);
+4. run the node until SIGTERM/SIGINT, then leave the ring cleanly (peers log the node as
+   left instead of waiting for a token loss) and exit 0.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import signal
+import sys
+from typing import Any, Sequence
+
+import trio
+
+from .log import CorosyncLog
+
+EXIT_OK = 0
+EXIT_USAGE = 1
+EXIT_FORK = 4
+EXIT_CONFIG = 8
+EXIT_FATAL = 15
+EXIT_DIR_NOT_PRESENT = 16
+EXIT_LOCK = 17
+EXIT_ALREADY_RUNNING = 18
+
+DEFAULT_CONFIG = "/etc/corosync/corosync.conf"
+WIRE_VERSION = "3.1.7"
+FEATURES = "udpu udp totemcrypto-2.4 pure-python"
+
+USAGE = """usage:
+        -c     : Corosync config file path.
+        -f     : Start application in foreground.
+        -t     : Test configuration and exit.
+        -v     : Display version, git revision and some useful information about Corosync and exit.
+"""
+
+
+def version() -> str:
+    try:
+        from importlib.metadata import version as dist_version
+
+        return dist_version("corosync-py")
+    except Exception:
+        return "0.1.0"
+
+
+def version_text() -> str:
+    return (f"Corosync Cluster Engine, version '{version()}'\n"
+            f"corosync-py: a Python implementation, wire-compatible with corosync {WIRE_VERSION}"
+            f" (udpu/udp)\n"
+            f"\n"
+            f"Built-in features: {FEATURES}\n"
+            f"Available crypto models: pycryptodome\n"
+            f"Available compression models:\n")
+
+
+class Options:
+    def __init__(self) -> None:
+        self.config: str | None = None
+        self.foreground = False
+        self.test = False
+        self.version = False
+
+
+def parse_args(argv: Sequence[str]) -> Options | int:
+    """getopt-style parsing ("c:ftvpr"); returns the exit code on a usage error."""
+    opts = Options()
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            break
+        if not arg.startswith("-") or arg == "-":
+            break  # getopt stops at the first non-option; extra operands are ignored
+        j = 1
+        while j < len(arg):
+            ch = arg[j]
+            if ch == "c":
+                value = arg[j + 1:]
+                if not value:
+                    i += 1
+                    if i >= len(argv):
+                        sys.stderr.write("corosync: option requires an argument -- 'c'\n"
+                                         + USAGE)
+                        return EXIT_USAGE
+                    value = argv[i]
+                opts.config = value
+                break
+            if ch == "f":
+                opts.foreground = True
+            elif ch == "t":
+                opts.test = True
+            elif ch == "v":
+                opts.version = True
+            elif ch in "pr":
+                pass  # accepted for compatibility, no effect
+            else:
+                sys.stderr.write(f"corosync: invalid option -- '{ch}'\n" + USAGE)
+                return EXIT_USAGE
+            j += 1
+        i += 1
+    return opts
+
+
+def _exit_error(log: CorosyncLog, status: int) -> int:
+    log.error("MAIN", f"Corosync Cluster Engine exiting with status {status}.")
+    return status
+
+
+def load(opts: Options, log: CorosyncLog) -> tuple[Any, Any] | int:
+    """Config + crypto envelope, or an exit code after printing the error."""
+    from .config.errors import ConfigError
+    from .config.model import default_config_text, load_config
+
+    path = opts.config or os.environ.get("COROSYNC_MAIN_CONFIG_FILE")
+    use_default_text = path is None and not os.path.exists(DEFAULT_CONFIG)
+    starting = not opts.test
+
+    def starting_up() -> None:
+        if starting:
+            log.notice("MAIN", f"Corosync Cluster Engine {version()} starting up")
+            log.info("MAIN", f"Corosync built-in features: {FEATURES}")
+
+    try:
+        if use_default_text:
+            config = load_config(text=default_config_text())
+        else:
+            config = load_config(path or DEFAULT_CONFIG)
+    except ConfigError as exc:
+        if getattr(exc, "parser_style", False):
+            sys.stderr.write(f"{exc}\n")
+            return getattr(exc, "exit_code", EXIT_CONFIG)
+        starting_up()
+        log.error("MAIN", f"parse error in config: {exc}")
+        return _exit_error(log, getattr(exc, "exit_code", EXIT_CONFIG))
+    except OSError as exc:
+        starting_up()
+        log.error("MAIN", f"Could not read {path or DEFAULT_CONFIG}: {exc.strerror}")
+        return _exit_error(log, EXIT_CONFIG)
+
+    if not opts.test:
+        try:
+            log.configure(config.logging)
+        except OSError as exc:
+            starting_up()
+            log.error("MAIN", f"Can't open logfile '{exc.filename}': {exc.strerror}")
+            return _exit_error(log, EXIT_CONFIG)
+    starting_up()
+    if use_default_text:
+        log.notice("MAIN", f"{DEFAULT_CONFIG} not found: using the built-in single-node "
+                           f"configuration (127.0.0.1, udpu)")
+    for warning in getattr(config, "warnings", []) or []:
+        log.warning("MAIN", str(warning))
+
+    try:
+        from .transport.crypto import envelope_from_config
+
+        envelope = envelope_from_config(config.totem)
+    except Exception as exc:  # CryptoConfigError / KeyFileError: message names the key/file
+        log.error("MAIN", str(exc))
+        return _exit_error(log, EXIT_CONFIG)
+    if str(getattr(config.totem, "transport", "udpu")) not in ("udpu", "udp"):
+        log.error("MAIN", f"parse error in config: transport {config.totem.transport} is not "
+                          f"supported by this implementation; use udpu or udp")
+        return _exit_error(log, EXIT_CONFIG)
+    return config, envelope
+
+
+# -- process management ------------------------------------------------------------------
+
+def daemonize() -> int:
+    """Detach; returns the write end of the readiness pipe (in the daemon).  The original
+    process never returns: it exits with the status the daemon reports."""
+    r, w = os.pipe()
+    try:
+        pid = os.fork()
+    except OSError:
+        raise SystemExit(EXIT_FORK)
+    if pid > 0:
+        os.close(w)
+        os.waitpid(pid, 0)  # the intermediate child exits at once
+        status = os.read(r, 1)
+        os._exit(status[0] if status else EXIT_FATAL)
+    os.close(r)
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    os.chdir("/")
+    os.umask(0o022)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    if devnull > 2:
+        os.close(devnull)
+    os.closerange(3, w)
+    os.closerange(w + 1, 4096)
+    return w
+
+
+def report_ready(pipe_fd: int | None, status: int) -> None:
+    if pipe_fd is None:
+        return
+    try:
+        os.write(pipe_fd, bytes([status & 0xFF]))
+        os.close(pipe_fd)
+    except OSError:
+        pass
+
+
+class PidFile:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd: int | None = None
+
+    def acquire(self, log: CorosyncLog) -> int:
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o640)
+        except OSError as exc:
+            log.error("MAIN", f"Corosync Executive couldn't create lock file. ({self.path}: "
+                              f"{exc.strerror})")
+            return EXIT_LOCK
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                log.error("MAIN", "Another Corosync instance is already running.")
+                return EXIT_ALREADY_RUNNING
+            log.error("MAIN", f"Corosync Executive couldn't acquire lock. Error was "
+                              f"{exc.strerror}")
+            return EXIT_LOCK
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+        return EXIT_OK
+
+    def release(self) -> None:
+        if self.fd is not None:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+            os.close(self.fd)
+            self.fd = None
+
+
+def ensure_dir(path: str, log: CorosyncLog) -> bool:
+    try:
+        os.makedirs(path, exist_ok=True)
+        return True
+    except OSError as exc:
+        log.error("MAIN", f"Directory {path} is not usable: {exc.strerror}")
+        return False
+
+
+async def run_node(config: Any, envelope: Any, log: CorosyncLog, ready_fd: int | None) -> int:
+    from .cmap import CmapStore
+    from .node import Node
+    from .transport import make_transport
+
+    cmap = CmapStore()
+    try:
+        cmap.load_config(config)
+    except Exception as exc:
+        log.warning("MAIN", f"cmap: could not load the configuration keys: {exc!r}")
+
+    def transport_log(level: Any, key: str, message: str) -> None:
+        log.limited(level, "TOTEM", key, message)
+
+    transport = make_transport(config, envelope=envelope, log=transport_log)
+    try:
+        node = Node(config, log=log, transport=transport, cmap=cmap)
+    except OSError as exc:
+        log.error("MAIN", f"Can't read the ring id file in {config.system.state_dir}: "
+                          f"{exc.strerror}")
+        return EXIT_DIR_NOT_PRESENT
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            try:
+                await nursery.start(node.run)
+            except OSError as exc:
+                log.error("TOTEM", f"Unable to bind the socket to {transport.local_ip}: "
+                                   f"{exc.strerror} ({exc.errno})")
+                return EXIT_FATAL
+            report_ready(ready_fd, EXIT_OK)
+            async for _sig in signals:
+                log.notice("MAIN", "Node was shut down by a signal")
+                node.stop()
+                break
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parsed = parse_args(list(sys.argv[1:] if argv is None else argv))
+    if isinstance(parsed, int):
+        return parsed
+    opts = parsed
+    if opts.version:
+        sys.stdout.write(version_text())
+        return EXIT_OK
+    log = CorosyncLog()
+    loaded = load(opts, log)
+    if isinstance(loaded, int):
+        return loaded
+    config, envelope = loaded
+    if opts.test:
+        log.notice("MAIN", "Corosync Cluster Engine exiting normally")
+        return EXIT_OK
+
+    if os.getuid() != os.geteuid() or os.getgid() != os.getegid():
+        log.error("MAIN", "Corosync Cluster Engine refuses to run setuid or setgid.")
+        return _exit_error(log, EXIT_FATAL)
+
+    run_dir = str(getattr(config.system, "run_dir", "/run") or "/run")
+    state_dir = str(config.system.state_dir)
+    for d in (run_dir, state_dir):
+        if not ensure_dir(d, log):
+            return _exit_error(log, EXIT_DIR_NOT_PRESENT)
+
+    ready_fd: int | None = None
+    if not opts.foreground:
+        ready_fd = daemonize()
+        log.reopen_after_fork()
+
+    pidfile = PidFile(os.path.join(run_dir, "corosync.pid"))
+    status = pidfile.acquire(log)
+    if status != EXIT_OK:
+        report_ready(ready_fd, status)
+        return _exit_error(log, status)
+    try:
+        status = trio.run(run_node, config, envelope, log, ready_fd)
+    finally:
+        pidfile.release()
+    if status == EXIT_OK:
+        log.notice("MAIN", "Corosync Cluster Engine exiting normally")
+    else:
+        report_ready(ready_fd, status)
+        _exit_error(log, status)
+    log.close_logfile()
+    return status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,340 @@
+"""The trio driver of one Totem node: transport + TotemPg/Srp + timers + ring-id file.
+
+The state machine (:mod:`corosync.exec.totem.srp`, wrapped by
+:mod:`corosync.exec.totem.pg`) is sans-IO; this module is the only place where its
+actions meet the real world (the simulator is the other driver).  Design rules:
+
+* **One task per concern, no threads on the hot path.**  A receive task per socket hands
+  each datagram synchronously to ``pg.receive``; one timer task sleeps until the earliest
+  armed deadline; one writer task persists the ring seq through ``trio.to_thread`` (an
+  fsync must never delay a token).
+* **Actions run in order, never re-entrantly.**  Executing an action can produce input
+  (udp's local copy of our own multicast).  Such input is queued in ``_calls`` and fed to
+  the state machine after the current batch, so Srp never sees a call nested inside
+  another call.
+* **Timers**: one deadline per :class:`TimerKind`.  StartTimer replaces the deadline,
+  CancelTimer removes it; the timer task only fires a kind whose *current* deadline has
+  passed, so a cancelled or re-armed timer can never fire late.  The task is woken only
+  when a new deadline is earlier than the one it sleeps on (re-arming the token timers on
+  every token hop then costs a dict store, not a task switch).
+* **Bad input never crashes the node**: transports filter and count; Srp/TotemPg count
+  undecodable datagrams; an unexpected exception from the state machine is logged (rate
+  limited) and counted instead of killing the process.
+
+``now`` is ``trio.current_time()`` in integer milliseconds.
+"""
+
+from __future__ import annotations
+
+import collections
+import traceback
+from typing import Any, Callable, Iterable
+
+import attrs
+import trio
+
+from . import ringid
+from .log import CorosyncLog
+from .totem.events import (Action, CancelTimer, ConfChg, ConfChgKind, Deliver, Guarantee, Log,
+                           LogLevel, Multicast, PersistRingSeq, PgDeliver, StartTimer, TimerKind,
+                           Unicast)
+
+#: How often the stats.srp.* cmap keys are refreshed (they are also refreshed on confchg).
+STATS_INTERVAL = 1.0
+
+
+@attrs.define
+class DriverStats:
+    actions: int = 0
+    timers_fired: int = 0
+    internal_errors: int = 0
+    confchgs: int = 0
+
+
+def member_ip_string(ip: str) -> str:
+    """``runtime.members.<id>.ip`` value, byte-exact with the real daemon (note the
+    trailing space)."""
+    return f"r(0) ip({ip}) "
+
+
+class Node:
+    """One running Totem node.
+
+    ``pg`` is a :class:`~corosync.exec.totem.pg.TotemPg` (built from the config when not
+    given); ``transport`` is any :class:`~corosync.exec.transport.base.Transport`.
+    Services hook in through :attr:`deliver_handlers` (``PgDeliver`` actions),
+    :attr:`confchg_handlers` (``ConfChg`` actions) and :attr:`sync_hook`: when set, it is
+    called with each REGULAR confchg and must call :meth:`sync_completed` once the
+    service synchronisation is over; without it sync completes at once (no services).
+    """
+
+    def __init__(self, config: Any, *, log: CorosyncLog, transport: Any, pg: Any = None,
+                 cmap: Any = None, state_dir: str | None = None) -> None:
+        self.config = config
+        self.log = log
+        self.transport = transport
+        self.cmap = cmap
+        self.nodeid: int = config.local_node.nodeid
+        self.state_dir = state_dir or config.system.state_dir
+        self.ring_seq_loaded = ringid.load_ring_seq(self.state_dir, self.nodeid)
+        if pg is None:
+            pg = self._build_pg(config, self.ring_seq_loaded)
+        self.pg = pg
+        self.srp = getattr(pg, "srp", pg)
+        self.stats = DriverStats()
+        self.deliver_handlers: list[Callable[[PgDeliver], None]] = []
+        self.confchg_handlers: list[Callable[[ConfChg], None]] = []
+        self.sync_hook: Callable[[ConfChg], None] | None = None
+        self.members: tuple[int, ...] = ()
+        self.ring_id: Any = None
+        self._deadlines: dict[TimerKind, float] = {}
+        self._timer_target = float("inf")
+        self._timer_wake = trio.Event()
+        self._calls: collections.deque[Callable[[int], list[Action]]] = collections.deque()
+        self._busy = False
+        self._stop = trio.Event()
+        self._stopped = trio.Event()
+        self._join_counts: dict[int, int] = {}
+        self._addresses = {n.nodeid: n.ring0_addr for n in config.nodes}
+        self._writer = ringid.RingIdWriter(
+            ringid.ringid_path(self.state_dir, self.nodeid), on_error=self._ringid_error)
+
+    @staticmethod
+    def _build_pg(config: Any, ring_seq: int) -> Any:
+        from .totem.pg import TotemPg
+        from .totem.srp import Srp
+
+        return TotemPg(Srp(config.local_node.nodeid, config.totem_config, ring_seq=ring_seq))
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    @staticmethod
+    def now_ms() -> int:
+        return int(trio.current_time() * 1000)
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Open the transport, start Totem, run until :meth:`stop`, then leave cleanly.
+
+        Raises OSError when the transport cannot bind (the caller reports it)."""
+        t = self.transport
+        self.log.notice("TOTEM", f"Initializing transport ({t.name}).")
+        t.open()
+        try:
+            self.log.notice("TOTEM", f"The network interface [{t.local_ip}] is now up.")
+            self._publish_config()
+            self.log.info("TOTEM", "Configuring link 0")
+            if t.name == "UDP/IP Unicast":
+                for node in self.config.nodes:
+                    self.log.notice("TOTEM", f"adding new UDPU member {{{node.ring0_addr}}}")
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(t.run, self._on_datagram)
+                nursery.start_soon(self._timer_task)
+                nursery.start_soon(self._writer.run)
+                nursery.start_soon(self._stats_task)
+                self._drive(lambda now: self.pg.start(now))
+                task_status.started(self)
+                await self._stop.wait()
+                self._drive(lambda now: self.pg.leave(now))
+                with trio.move_on_after(2):
+                    await self._writer.flush()
+                nursery.cancel_scope.cancel()
+        finally:
+            t.close()
+            self._stopped.set()
+
+    def stop(self) -> None:
+        """Request a clean leave (SIGTERM/SIGINT path)."""
+        self._stop.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    # -- driving the state machine -------------------------------------------------------
+
+    def _on_datagram(self, data: bytes) -> None:
+        self._drive(lambda now: self.pg.receive(data, now))
+
+    def _drive(self, call: Callable[[int], list[Action]]) -> None:
+        """Run one state machine call and its actions, then any calls they queued.
+
+        Re-entrant calls (input produced while executing actions, e.g. udp's local copy
+        of our own multicast, or a sync engine completing from inside a handler) are
+        queued and run after the current batch, never nested."""
+        self._calls.append(call)
+        if self._busy:
+            return
+        self._busy = True
+        try:
+            while self._calls:
+                self._guarded(self._calls.popleft())
+        finally:
+            self._busy = False
+
+    def _guarded(self, call: Callable[[int], list[Action]]) -> None:
+        now = self.now_ms()
+        try:
+            actions = call(now)
+        except Exception as exc:  # a state machine bug must not take the node down
+            self.stats.internal_errors += 1
+            self.log.limited(LogLevel.ERROR, "TOTEM", f"internal:{type(exc).__name__}",
+                             f"Internal error while processing Totem input: {exc!r} "
+                             f"{traceback.format_exc(limit=3)!r}")
+            return
+        self._execute(actions, now)
+
+    def _execute(self, actions: Iterable[Action], now: int) -> None:
+        work = collections.deque(actions)
+        while work:
+            action = work.popleft()
+            self.stats.actions += 1
+            if isinstance(action, Unicast):
+                self.transport.unicast(action.nodeid, action.data)
+            elif isinstance(action, Multicast):
+                self.transport.multicast(action.data)
+            elif isinstance(action, StartTimer):
+                deadline = trio.current_time() + action.ms / 1000.0
+                self._deadlines[action.kind] = deadline
+                if deadline < self._timer_target:
+                    self._timer_wake.set()
+            elif isinstance(action, CancelTimer):
+                self._deadlines.pop(action.kind, None)
+            elif isinstance(action, PgDeliver):
+                for handler in self.deliver_handlers:
+                    self._call_handler(handler, action)
+            elif isinstance(action, ConfChg):
+                work.extend(self._confchg(action, now))
+            elif isinstance(action, Log):
+                self.log.log(action.level, action.subsys, action.message)
+            elif isinstance(action, PersistRingSeq):
+                self._writer.store(action.seq)
+            elif isinstance(action, Deliver):
+                pass  # raw packets only appear without TotemPg; nothing consumes them
+            else:
+                self.log.limited(LogLevel.WARNING, "MAIN", f"action:{type(action).__name__}",
+                                 f"Unknown Totem action {action!r} ignored")
+
+    def _call_handler(self, handler: Callable[[Any], None], arg: Any) -> None:
+        try:
+            handler(arg)
+        except Exception as exc:
+            self.stats.internal_errors += 1
+            self.log.limited(LogLevel.ERROR, "MAIN", f"handler:{type(exc).__name__}",
+                             f"Handler {handler!r} failed: {exc!r}")
+
+    def _confchg(self, chg: ConfChg, now: int) -> list[Action]:
+        self.stats.confchgs += 1
+        self._update_members_cmap(chg)
+        for handler in self.confchg_handlers:
+            self._call_handler(handler, chg)
+        if chg.kind != ConfChgKind.REGULAR:
+            return []
+        self.members = chg.members
+        self.ring_id = chg.ring_id
+        self._publish_stats()
+        if self.sync_hook is not None:
+            self._call_handler(self.sync_hook, chg)
+            return []
+        return self._complete_sync(now)
+
+    def _complete_sync(self, now: int) -> list[Action]:
+        self.log.notice("MAIN", "Completed service synchronization, ready to provide service.")
+        return list(self.pg.trans_ack(now))
+
+    def sync_completed(self) -> None:
+        """Called by the sync engine when service synchronisation finished."""
+        self._drive(self._complete_sync)
+
+    def mcast(self, groups: list[bytes], message: bytes,
+              guarantee: Guarantee = Guarantee.AGREED) -> None:
+        """Multicast an application message (raises QueueFull when flow control says no)."""
+        self._drive(lambda now: self.pg.mcast(groups, message, guarantee, now))
+
+    # -- timers --------------------------------------------------------------------------
+
+    async def _timer_task(self) -> None:
+        while True:
+            wake = self._timer_wake = trio.Event()
+            if not self._deadlines:
+                self._timer_target = float("inf")
+                await wake.wait()
+                continue
+            target = min(self._deadlines.values())
+            self._timer_target = target
+            with trio.move_on_at(target):
+                await wake.wait()
+                continue
+            self._fire_due()
+
+    def _fire_due(self) -> None:
+        now_s = trio.current_time()
+        due = sorted((d, k.value, k) for k, d in self._deadlines.items() if d <= now_s)
+        for _deadline, _name, kind in due:
+            # An earlier timer's actions may have cancelled or re-armed this one.
+            current = self._deadlines.get(kind)
+            if current is None or current > now_s:
+                continue
+            del self._deadlines[kind]
+            self.stats.timers_fired += 1
+            self._drive(lambda now, k=kind: self.pg.timer_expired(k, now))
+
+    # -- ring id file --------------------------------------------------------------------
+
+    def _ringid_error(self, exc: OSError) -> None:
+        self.log.limited(LogLevel.ERROR, "TOTEM", "ringid:write",
+                         f"Failed to store ring sequence in {self._writer.path}: {exc}")
+
+    # -- cmap ----------------------------------------------------------------------------
+
+    def _cmap_set(self, key: str, value: Any, type_name: str) -> None:
+        if self.cmap is None:
+            return
+        try:
+            from .cmap import CmapType
+
+            self.cmap.set(key, value, CmapType[type_name])
+        except Exception as exc:
+            self.log.limited(LogLevel.DEBUG, "MAIN", f"cmap:{key}", f"cmap set {key}: {exc!r}")
+
+    def _update_members_cmap(self, chg: ConfChg) -> None:
+        for nodeid in chg.joined:
+            count = self._join_counts.get(nodeid, 0) + 1
+            self._join_counts[nodeid] = count
+            base = f"runtime.members.{nodeid}"
+            ip = self._addresses.get(nodeid)
+            if ip is not None:
+                self._cmap_set(f"{base}.ip", member_ip_string(ip), "STRING")
+            self._cmap_set(f"{base}.join_count", count, "UINT32")
+            self._cmap_set(f"{base}.status", "joined", "STRING")
+            self._cmap_set(f"{base}.config_version", 0, "UINT64")
+        for nodeid in chg.left:
+            self._cmap_set(f"runtime.members.{nodeid}.status", "left", "STRING")
+
+    def _publish_config(self) -> None:
+        """runtime.config.totem.* (effective timers) unless the config loader already
+        stored them with their exact types."""
+        cfg = self.config.totem_config
+        if self.cmap is None or not attrs.has(type(cfg)):
+            return
+        for field in attrs.fields(type(cfg)):
+            if field.name in ("transport_overhead", "netmtu"):
+                continue
+            key = f"runtime.config.totem.{field.name}"
+            if key not in self.cmap:
+                self._cmap_set(key, int(getattr(cfg, field.name)), "UINT32")
+
+    def _publish_stats(self) -> None:
+        if self.cmap is None:
+            return
+        stats = getattr(self.srp, "stats", None)
+        if stats is None or not attrs.has(type(stats)):
+            return
+        for field in attrs.fields(type(stats)):
+            value = getattr(stats, field.name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                continue
+            self._cmap_set(f"stats.srp.{field.name}", value, "UINT64")
+
+    async def _stats_task(self) -> None:
+        while True:
+            await trio.sleep(STATS_INTERVAL)
+            self._publish_stats()
