@@ -1,0 +1,471 @@
+"""totempg: packing, fragmentation, reassembly and group addressing on top of Totem SRP.
+
+:class:`TotemPg` wraps a :class:`~corosync.exec.totem.srp.Srp` and has the same sans-IO
+surface (every call returns ``list[Action]``), except that applications multicast whole
+*messages* addressed to groups (:meth:`TotemPg.mcast`) and receive whole messages
+(:class:`~corosync.exec.totem.events.PgDeliver`) instead of raw MCAST payloads.  Layouts and
+the real nodes' rules are those of ``shared/spec/totem-wire.md`` §4.
+
+Sender
+    A totempg message is ``group header + payload``.  A message that fits into the packing
+    buffer with at least two bytes to spare is buffered; the buffer is flushed as one packet
+    when the ORF token arrives (Srp calls :attr:`Srp.token_received_hook` right before it
+    sends new messages).  A message that does not fit fills the buffer up to
+    ``config.pg_max_packet`` bytes of (lengths + data), which is sent at once with a
+    fragment id in ``fragmented``, and the rest follows immediately in single-piece packets
+    chained by ``continuation``.  Unlike corosync, the *tail* of a fragmented message is
+    never left in the buffer: all packets of a message are queued by the one
+    :meth:`~TotemPg.mcast` call, so a message is queued all-or-nothing and never straddles
+    a token visit or a switch of Srp's send queue (§3.9).  Corosync itself does the same
+    for the usual case (payload iovec larger than a packet).
+
+Receiver
+    Reassembly per sender nodeid with the real nodes' state machine (§4.3), including the
+    "throw-away" mode after a broken continuation.  Like corosync, two sets of reassembly
+    state exist: one used while waiting for ``trans_ack`` (sync running) and one for normal
+    operation, so a fragmented message interrupted by a configuration change can still be
+    completed after sync while the sync messages themselves reassemble separately.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING, Callable, Protocol, Sequence
+
+from attrs import define, field
+
+from .events import (
+    Action,
+    ConfChg,
+    ConfChgKind,
+    Deliver,
+    Guarantee,
+    Log,
+    LogLevel,
+    PgDeliver,
+    TimerKind,
+)
+from .wire import WireError, decode_groups, decode_pg, encode_groups, encode_pg
+
+try:  # the real exception, once Srp exists; one class for both layers
+    from .srp import QueueFull
+except ImportError:  # pragma: no cover - only before srp.py landed
+
+    class QueueFull(Exception):  # type: ignore[no-redef]
+        """The send queue cannot take the message now; retry after the token moved."""
+
+
+if TYPE_CHECKING:
+    from .config import TotemConfig
+
+__all__ = ["TotemPg", "PgStats", "QueueFull", "MESSAGE_SIZE_MAX", "REASSEMBLY_MAX"]
+
+#: Largest totempg message (group header + payload) we send: real receivers assert when a
+#: sender's reassembly buffer overflows (§4.3), so 1 MiB is the hard limit.
+MESSAGE_SIZE_MAX = 1024 * 1024
+#: Real receivers' reassembly buffer per sender: MESSAGE_SIZE_MAX + KNET_MAX_PACKET_SIZE.
+REASSEMBLY_MAX = MESSAGE_SIZE_MAX + 65536
+#: At most one Log action per drop reason per this many ms of ``now``.
+LOG_INTERVAL_MS = 10_000
+
+_U16 = struct.Struct("<H")
+
+
+class SrpLike(Protocol):
+    """What TotemPg needs from :class:`corosync.exec.totem.srp.Srp`."""
+
+    config: TotemConfig
+    token_received_hook: Callable[[], None] | None
+
+    def start(self, now: int) -> list[Action]: ...
+    def receive(self, data: bytes, now: int) -> list[Action]: ...
+    def timer_expired(self, kind: TimerKind, now: int) -> list[Action]: ...
+    def send(self, payload: bytes, guarantee: Guarantee, now: int) -> list[Action]: ...
+    def queue_space(self) -> int: ...
+    def trans_ack(self, now: int) -> list[Action]: ...
+    def leave(self, now: int) -> list[Action]: ...
+
+
+@define(slots=True)
+class PgStats:
+    """totempg counters.  ``dropped`` counts refused input by reason (the ``WireError``
+    reasons of the codec plus ``pg_bad_count``, ``reassembly_overflow``,
+    ``broken_continuation``, ``thrown_away``)."""
+
+    msgs_tx: int = 0  # messages accepted by mcast()
+    bytes_tx: int = 0  # their bytes, group header included
+    packets_tx: int = 0  # totempg packets handed to Srp.send
+    packed_tx: int = 0  # packets that carried more than one piece
+    fragments_tx: int = 0  # packets carrying part of a fragmented message
+    token_flushes: int = 0  # packets sent from the token-received hook
+    queue_full: int = 0  # mcast() refusals (QueueFull)
+    packets_rx: int = 0  # totempg packets received (Deliver actions consumed)
+    msgs_rx: int = 0  # messages delivered (PgDeliver emitted)
+    bytes_rx: int = 0  # their bytes, group header included
+    reassembled: int = 0  # delivered messages that spanned more than one packet
+    throw_away_entered: int = 0  # broken continuations (real nodes' throw-away mode)
+    dropped: dict[str, int] = field(factory=dict)
+
+
+@define(slots=True)
+class _Assembly:
+    """Reassembly state of one sender (corosync's ``struct assembly``).
+
+    ``parts`` holds the bytes received so far of the sender's unfinished message,
+    ``last_frag`` the ``fragmented`` id of its last accepted packet (the value the next
+    packet's ``continuation`` must carry), ``throw_away`` whether we are skipping packets
+    after a broken continuation.
+    """
+
+    parts: list[bytes] = field(factory=list)
+    size: int = 0
+    last_frag: int = 0
+    throw_away: bool = False
+
+
+class TotemPg:
+    """Totem process groups over one :class:`Srp` (see the module docstring)."""
+
+    def __init__(self, srp: SrpLike) -> None:
+        self.srp = srp
+        self.stats = PgStats()
+        cfg = srp.config
+        #: bytes of (lengths + data) per packet: net_mtu − 8 (1402 by default)
+        self._packet_max = cfg.pg_max_packet
+        # Packing buffer: message blobs waiting for the token, all with one guarantee.
+        self._buf: list[bytes] = []
+        self._buf_size = 0
+        self._buf_guarantee = Guarantee.AGREED
+        self._next_fragment = 1
+        #: ``continuation`` of the next packet: the fragment id of the last packet sent
+        #: when the buffer starts with the tail of that fragmented message, else 0.
+        self._cont = 0
+        # Actions returned by Srp.send() calls made from inside the token hook; merged
+        # into the result of the TotemPg call whose Srp call ran the hook.
+        self._pending: list[Action] = []
+        self._hdr_cache: dict[bytes, bytes] = {}
+        # Reassembly, per sender nodeid; two sets as in corosync (see module docstring).
+        self._asm_normal: dict[int, _Assembly] = {}
+        self._asm_trans: dict[int, _Assembly] = {}
+        self._waiting_trans_ack = True  # corosync starts in this state, too
+        self._log_last: dict[str, int] = {}
+        self._now = 0
+        srp.token_received_hook = self._token_received
+
+    # ------------------------------------------------------------------ Srp surface
+    def start(self, now: int) -> list[Action]:
+        self._now = now
+        return self._process(self.srp.start(now), now)
+
+    def receive(self, data: bytes, now: int) -> list[Action]:
+        self._now = now
+        return self._process(self.srp.receive(data, now), now)
+
+    def timer_expired(self, kind: TimerKind, now: int) -> list[Action]:
+        self._now = now
+        return self._process(self.srp.timer_expired(kind, now), now)
+
+    def trans_ack(self, now: int) -> list[Action]:
+        """Sync finished: reassemble with the normal per-sender state again (§3.9)."""
+        self._waiting_trans_ack = False
+        self._now = now
+        return self._process(self.srp.trans_ack(now), now)
+
+    def leave(self, now: int) -> list[Action]:
+        self._now = now
+        return self._process(self.srp.leave(now), now)
+
+    # ------------------------------------------------------------------ sending
+    def _group_header(self, groups: Sequence[bytes]) -> bytes:
+        if len(groups) == 1:
+            name = groups[0]
+            hdr = self._hdr_cache.get(name)
+            if hdr is None:
+                hdr = encode_groups([bytes(name)])
+                if len(self._hdr_cache) < 64:
+                    self._hdr_cache[bytes(name)] = hdr
+            return hdr
+        return encode_groups([bytes(g) for g in groups])
+
+    def _packets_needed(self, size: int, guarantee: int) -> int:
+        """Srp queue slots one :meth:`mcast` of a ``size``-byte totempg message takes now
+        (a replay of :meth:`_pack`'s arithmetic without sending anything)."""
+        packets = 0
+        count = len(self._buf)
+        buffered = self._buf_size
+        if count and guarantee != self._buf_guarantee:
+            packets, count, buffered = 1, 0, 0
+        rest = size
+        room = self._packet_max - 2 * (count + 1)
+        while rest + buffered >= room - 2:
+            rest -= room - buffered
+            packets += 1
+            if rest <= 0:
+                break
+            buffered, room = 0, self._packet_max - 2
+        return packets
+
+    def send_ok(self, nbytes: int, guarantee: Guarantee = Guarantee.AGREED,
+                groups: Sequence[bytes] = (b"a",)) -> bool:
+        """Would :meth:`mcast` of an ``nbytes`` payload to ``groups`` be accepted now?
+
+        Exact for the given guarantee and groups (the defaults are what the executive
+        uses: AGREED to group ``a``).
+        """
+        size = len(self._group_header(groups)) + nbytes
+        if size > MESSAGE_SIZE_MAX:
+            return False
+        return self.srp.queue_space() >= self._packets_needed(size, guarantee)
+
+    def mcast(self, groups: Sequence[bytes], message: bytes, guarantee: Guarantee,
+              now: int) -> list[Action]:
+        """Multicast ``message`` to ``groups`` (1..32 names) with ``guarantee``.
+
+        All-or-nothing: raises :class:`QueueFull` (nothing queued, nothing buffered) when
+        Srp's queue cannot take every packet this message makes the packer emit now; the
+        caller retries after the token moved.  Raises :class:`ValueError` for a message
+        that can never be sent: bad groups or guarantee, or more than
+        :data:`MESSAGE_SIZE_MAX` bytes including the group header (real receivers would
+        crash on it).
+        """
+        hdr = self._group_header(groups)
+        size = len(hdr) + len(message)
+        if size > MESSAGE_SIZE_MAX:
+            raise ValueError(f"totempg message of {size} bytes exceeds {MESSAGE_SIZE_MAX}")
+        if guarantee is not Guarantee.AGREED and guarantee is not Guarantee.SAFE:
+            guarantee = Guarantee(guarantee)  # ValueError unless 0 or 1
+        stats = self.stats
+        buf = self._buf
+        if (size + self._buf_size < self._packet_max - 2 * len(buf) - 4
+                and (not buf or guarantee == self._buf_guarantee)):
+            # Hot path: it fits with 2 bytes to spare; wait for the token.
+            buf.append(hdr + message)
+            self._buf_size += size
+            self._buf_guarantee = guarantee
+            self._next_fragment = 1
+            stats.msgs_tx += 1
+            stats.bytes_tx += size
+            return []
+        needed = self._packets_needed(size, guarantee)
+        if needed > self.srp.config.send_queue_max:
+            raise ValueError(f"totempg message of {size} bytes needs {needed} packets, "
+                             f"more than the send queue holds")
+        space = self.srp.queue_space()
+        if space < needed:
+            stats.queue_full += 1
+            raise QueueFull(f"{needed} packets needed, {space} free")
+        stats.msgs_tx += 1
+        stats.bytes_tx += size
+        actions: list[Action] = []
+        if buf and guarantee != self._buf_guarantee:
+            self._flush(actions, now)
+        self._pack(hdr + message, guarantee, actions, now)
+        return self._process(actions, now) if actions else actions
+
+    def _next_id(self) -> int:
+        """Next fragment id: 1..255, never 0 (0 means "last piece is complete")."""
+        frag = self._next_fragment
+        self._next_fragment = 1 if frag == 255 else frag + 1
+        return frag
+
+    def _pack(self, blob: bytes, guarantee: Guarantee, actions: list[Action],
+              now: int) -> None:
+        """corosync's packing loop (§4.2) for one message that does not fit the buffer
+        whole: fill the buffer and send it; repeat with the rest until the rest fits with
+        2 bytes to spare (it is buffered, its packet will continue the last fragment id)
+        or the message ended exactly at a packet boundary."""
+        size = len(blob)
+        off = 0
+        room = self._packet_max - 2 * (len(self._buf) + 1)
+        while True:
+            rest = size - off
+            if rest + self._buf_size < room - 2:
+                self._buf.append(blob[off:] if off else blob)
+                self._buf_size += rest
+                self._buf_guarantee = guarantee
+                self._next_fragment = 1
+                return
+            take = room - self._buf_size
+            end = off + take
+            pieces = self._buf
+            pieces.append(blob[off:end] if off or end < size else blob)
+            if end < size:
+                frag = self._next_id()
+                cont, self._cont = self._cont, frag
+            else:
+                frag = 0
+                cont, self._cont = self._cont, 0
+            self._buf = []
+            self._buf_size = 0
+            self._send(frag, cont, pieces, guarantee, actions, now)
+            if end >= size:
+                return
+            off = end
+            room = self._packet_max - 2
+
+    def _send(self, frag: int, cont: int, pieces: list[bytes], guarantee: Guarantee,
+              actions: list[Action], now: int) -> None:
+        stats = self.stats
+        stats.packets_tx += 1
+        if len(pieces) > 1:
+            stats.packed_tx += 1
+        if frag or cont:
+            stats.fragments_tx += 1
+        actions += self.srp.send(encode_pg(frag, cont, pieces), guarantee, now)
+
+    def _flush(self, actions: list[Action], now: int) -> None:
+        """Send the buffer as one packet: complete pieces only, the first of which may
+        finish the sender's last fragmented message."""
+        pieces = self._buf
+        cont, self._cont = self._cont, 0
+        self._buf = []
+        self._buf_size = 0
+        self._send(0, cont, pieces, self._buf_guarantee, actions, now)
+
+    def _token_received(self) -> None:
+        """Srp hook, right before Srp sends new messages: flush the packing buffer.
+
+        Skipped when Srp's queue is full (the buffer then waits for the next token, as in
+        corosync).  Actions of the send are kept for the TotemPg call running the token.
+        """
+        if self._buf and self.srp.queue_space() > 0:
+            self.stats.token_flushes += 1
+            self._flush(self._pending, self._now)
+
+    # ------------------------------------------------------------------ receiving
+    def _process(self, actions: list[Action], now: int) -> list[Action]:
+        """Pass Srp's actions through, replacing each Deliver by the PgDeliver actions of
+        the messages it completes, and tracking configuration changes."""
+        if self._pending:
+            actions = self._pending + actions
+            self._pending = []
+        out: list[Action] = []
+        for act in actions:
+            kind = type(act)
+            if kind is Deliver:
+                self._deliver(act, out, now)  # type: ignore[arg-type]
+            else:
+                if kind is ConfChg:
+                    self._confchg(act)  # type: ignore[arg-type]
+                out.append(act)
+        return out
+
+    def _confchg(self, chg: ConfChg) -> None:
+        for nodeid in chg.left:
+            self._asm_normal.pop(nodeid, None)
+            self._asm_trans.pop(nodeid, None)
+        if chg.kind == ConfChgKind.REGULAR:
+            # corosync switches to the transitional reassembly state right after the
+            # old ring's messages were delivered, i.e. before the REGULAR confchg.
+            self._waiting_trans_ack = True
+
+    def _drop(self, reason: str, detail: str, out: list[Action], now: int,
+              level: LogLevel = LogLevel.WARNING) -> None:
+        dropped = self.stats.dropped
+        dropped[reason] = dropped.get(reason, 0) + 1
+        last = self._log_last.get(reason)
+        if last is None or now - last >= LOG_INTERVAL_MS:
+            self._log_last[reason] = now
+            out.append(Log(level, detail))
+
+    def _deliver(self, d: Deliver, out: list[Action], now: int) -> None:
+        stats = self.stats
+        sender = d.sender
+        try:
+            pkt = decode_pg(d.payload, d.swapped)
+        except WireError as exc:
+            self._drop(exc.reason, f"Message (totempg_mcast) received from node {sender} "
+                       f"is invalid ({exc})...  Ignoring.", out, now)
+            return
+        stats.packets_rx += 1
+        pieces = pkt.pieces
+        frag = pkt.fragmented
+        asms = self._asm_trans if self._waiting_trans_ack else self._asm_normal
+        asm = asms.get(sender)
+        if asm is None:
+            if frag == 0 and pkt.continuation == 0:
+                # Hot path: fresh sender state, packet of complete messages only.
+                for piece in pieces:
+                    self._emit(d, piece, out, now)
+                return
+            asm = asms[sender] = _Assembly()
+        if frag and not pieces:
+            self._drop("pg_bad_count", f"Message (totempg_mcast) received from node "
+                       f"{sender} is fragmented but has no messages...  Ignoring.", out, now)
+            return
+        self._reassemble(d, asm, pkt.continuation, frag, pieces, out, now)
+        if frag == 0:
+            del asms[sender]  # corosync returns the assembly to its free list
+
+    def _reassemble(self, d: Deliver, asm: _Assembly, cont: int, frag: int,
+                    pieces: list[bytes], out: list[Action], now: int) -> None:
+        """The real nodes' rules (§4.3) for one packet of a sender with state."""
+        stats = self.stats
+        if asm.throw_away:
+            # Quirk: a packet with fragmented 0 or 1 ends throw-away mode, but its first
+            # piece is skipped and *nothing* of the packet is delivered.  ``last_frag`` is
+            # left unchanged, as in corosync.
+            stats.dropped["thrown_away"] = stats.dropped.get("thrown_away", 0) + 1
+            if frag in (0, 1):
+                asm.throw_away = False
+            if frag:
+                # corosync keeps a corrupted buffer here; we keep the only bytes that can
+                # belong to a later message: the trailing piece.
+                asm.parts = [pieces[-1]] if not asm.throw_away else []
+                asm.size = len(pieces[-1]) if not asm.throw_away else 0
+            return
+        if cont != asm.last_frag:
+            stats.throw_away_entered += 1
+            self._drop("broken_continuation", f"fragmented continuation {cont} is not "
+                       f"equal to assembly last_frag_num {asm.last_frag}", out, now,
+                       LogLevel.DEBUG)
+            asm.throw_away = True
+            asm.parts = []
+            asm.size = 0
+            return
+        asm.last_frag = frag
+        complete = pieces[:-1] if frag else pieces
+        if complete:
+            first = complete[0]
+            if asm.parts:
+                asm.parts.append(first)
+                first = b"".join(asm.parts)
+                asm.parts = []
+                asm.size = 0
+                stats.reassembled += 1
+            self._emit(d, first, out, now)
+            for piece in complete[1:]:
+                self._emit(d, piece, out, now)
+        if frag:
+            tail = pieces[-1]
+            asm.parts.append(tail)
+            asm.size += len(tail)
+            if asm.size > REASSEMBLY_MAX:
+                # Real nodes assert here; we drop the message and skip its remaining
+                # packets through throw-away mode.
+                self._drop("reassembly_overflow", f"Message from node {d.sender} exceeds "
+                           f"{REASSEMBLY_MAX} bytes...  Ignoring.", out, now)
+                asm.parts = []
+                asm.size = 0
+                asm.throw_away = True
+                stats.throw_away_entered += 1
+
+    def _emit(self, d: Deliver, msg: bytes, out: list[Action], now: int) -> None:
+        """Parse the group header of one whole message and emit its PgDeliver."""
+        # Fast path: one group, little-endian (every real sender).
+        if (not d.swapped and len(msg) >= 4 and msg[0] == 1 and msg[1] == 0
+                and len(msg) >= (end := 4 + (msg[2] | msg[3] << 8))):
+            groups: tuple[bytes, ...] = (msg[4:end],)
+        else:
+            try:
+                names, end = decode_groups(msg, d.swapped)
+            except WireError as exc:
+                self._drop(exc.reason, f"Message received from node {d.sender} has an "
+                           f"invalid group header ({exc})...  Ignoring.", out, now)
+                return
+            groups = tuple(names)
+        stats = self.stats
+        stats.msgs_rx += 1
+        stats.bytes_rx += len(msg)
+        out.append(PgDeliver(d.sender, groups, msg[end:], d.ring_id, d.guarantee,
+                             d.swapped))
