@@ -565,3 +565,181 @@ def test_property_any_sizes_round_trip_in_order(spec):
         got += [(d.message, d.guarantee) for d in out]
     assert got == sent
     assert not rx.stats.dropped
+
+
+# --------------------------------------------------------------------------- hook plumbing
+def test_actions_of_sends_inside_the_token_hook_are_returned_by_the_token_call():
+    ring = Ring(1)
+    pg = ring.pg[1]
+    pg.mcast(GA, b"buffered", Guarantee.AGREED, 0)
+    out = pg.timer_expired(TimerKind.TOKEN_LOSS, 5)
+    # FakeSrp.send returns a CancelTimer marker; it must come back from timer_expired
+    assert out[0] == CancelTimer(TimerKind.TOKEN_HOLD)
+    assert isinstance(out[1], Multicast)
+    assert pg._pending == []
+
+
+def test_send_ok_matches_mcast_acceptance():
+    srp = FakeSrp(1, queue_max=3)
+    pg = TotemPg(srp)
+    for size in (10, 1390, 1500, 2800, 4200, 4300):
+        fresh = TotemPg(FakeSrp(1, queue_max=3))
+        ok = fresh.send_ok(size)
+        try:
+            fresh.mcast(GA, b"x" * size, Guarantee.AGREED, 0)
+            accepted = True
+        except QueueFull:
+            accepted = False
+        assert ok == accepted, size
+    assert pg.send_ok(10, Guarantee.SAFE, groups=[b"sync"])
+
+
+# --------------------------------------------------------------------------- with real Srp
+class PgCluster:
+    """Tiny deterministic driver: TotemPg-over-Srp nodes, virtual clock, FIFO network,
+    trans_ack right after each REGULAR confchg (stand-in for sync)."""
+
+    def __init__(self, n: int, **cfg) -> None:
+        import heapq
+
+        from corosync.exec.totem.srp import Srp
+
+        self._heapq = heapq
+        cfg.setdefault("token", 1000)
+        cfg.setdefault("token_coefficient", 0)
+        self.config = derive(n, **cfg)
+        self.pg = {i: TotemPg(Srp(i, self.config)) for i in range(1, n + 1)}
+        self.now = 0
+        self.heap: list = []
+        self.seq = 0
+        self.gen: dict = {}
+        self.delivered: dict[int, list[PgDeliver]] = {i: [] for i in self.pg}
+        self.confchgs: dict[int, list[ConfChg]] = {i: [] for i in self.pg}
+        self.alive = set(self.pg)
+
+    def push(self, at, item):
+        self.seq += 1
+        self._heapq.heappush(self.heap, (at, self.seq, item))
+
+    def apply(self, node, actions):
+        from corosync.exec.totem.events import StartTimer, Unicast
+
+        for a in actions:
+            assert not isinstance(a, Deliver)
+            if isinstance(a, Multicast):
+                for dst in self.pg:
+                    self.push(self.now + 1, ("net", dst, a.data))
+            elif isinstance(a, Unicast):
+                self.push(self.now + 1, ("net", a.nodeid, a.data))
+            elif isinstance(a, StartTimer):
+                g = self.gen[(node, a.kind)] = self.gen.get((node, a.kind), 0) + 1
+                self.push(self.now + a.ms, ("timer", node, a.kind, g))
+            elif isinstance(a, CancelTimer):
+                self.gen[(node, a.kind)] = self.gen.get((node, a.kind), 0) + 1
+            elif isinstance(a, PgDeliver):
+                self.delivered[node].append(a)
+            elif isinstance(a, ConfChg):
+                self.confchgs[node].append(a)
+                if a.kind == ConfChgKind.REGULAR:
+                    self.apply(node, self.pg[node].trans_ack(self.now))
+
+    def step(self) -> bool:
+        if not self.heap:
+            return False
+        at, _, item = self._heapq.heappop(self.heap)
+        self.now = max(self.now, at)
+        if item[0] == "net":
+            if item[1] in self.alive:
+                self.apply(item[1], self.pg[item[1]].receive(item[2], self.now))
+        else:
+            _, node, kind, g = item
+            if node in self.alive and self.gen.get((node, kind)) == g:
+                self.apply(node, self.pg[node].timer_expired(kind, self.now))
+        return True
+
+    def run_until(self, pred, timeout=60_000) -> bool:
+        deadline = self.now + timeout
+        while not pred():
+            if not self.heap or self.heap[0][0] > deadline:
+                return False
+            self.step()
+        return True
+
+    def formed(self) -> bool:
+        from corosync.exec.totem.srp import MembState
+
+        ids = tuple(sorted(self.alive))
+        return all(self.pg[i].srp.state is MembState.OPERATIONAL
+                   and self.pg[i].srp.members == ids and self.confchgs[i]
+                   and self.confchgs[i][-1].kind == ConfChgKind.REGULAR for i in ids)
+
+
+def _srp_available() -> bool:
+    try:
+        from corosync.exec.totem import srp  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+needs_srp = pytest.mark.skipif(not _srp_available(), reason="exec/totem/srp.py not there")
+
+
+def _tagged(node: int, k: int, size: int) -> bytes:
+    head = f"{node}:{k}:".encode()
+    return (head * (size // len(head) + 1))[:size] if size >= len(head) else head
+
+
+@needs_srp
+def test_three_node_ring_carries_1mib_messages_and_small_ones_in_agreed_order():
+    c = PgCluster(3)
+    for i in c.pg:
+        c.apply(i, c.pg[i].start(0))
+    assert c.run_until(c.formed, 60_000)
+    plan = {i: [_tagged(i, k, s) for k, s in enumerate(
+        [MESSAGE_SIZE_MAX - 5, 64, 3000, 64, MESSAGE_SIZE_MAX - 5, 1, 70_000])]
+        for i in c.pg}
+    todo = {i: list(msgs) for i, msgs in plan.items()}
+    total = sum(len(v) for v in plan.values())
+
+    def pump() -> bool:
+        for i, msgs in todo.items():
+            while msgs:
+                g = Guarantee.SAFE if len(msgs) % 3 == 0 else Guarantee.AGREED
+                try:
+                    c.apply(i, c.pg[i].mcast(GA, msgs[0], g, c.now))
+                except QueueFull:
+                    break
+                msgs.pop(0)
+        return all(len(c.delivered[i]) == total for i in c.pg)
+
+    assert c.run_until(pump, 600_000)
+    seqs = {i: [(d.sender, d.message) for d in c.delivered[i]] for i in c.pg}
+    assert seqs[1] == seqs[2] == seqs[3]  # agreed order everywhere
+    for i, msgs in plan.items():  # each sender's messages whole and in order
+        assert [m for s, m in seqs[1] if s == i] == msgs
+    for i in c.pg:
+        assert not c.pg[i].stats.dropped
+        assert c.pg[i].stats.reassembled >= 6
+
+
+@needs_srp
+def test_three_node_partial_message_of_crashed_sender_is_discarded():
+    c = PgCluster(3)
+    for i in c.pg:
+        c.apply(i, c.pg[i].start(0))
+    assert c.run_until(c.formed, 60_000)
+    c.apply(3, c.pg[3].mcast(GA, b"m" * 200_000, Guarantee.AGREED, c.now))
+    # run until node 1 holds part of node 3's message, then crash node 3
+    assert c.run_until(lambda: 3 in c.pg[1]._asm_normal
+                       and c.pg[1]._asm_normal[3].size > 20_000, 60_000)
+    c.alive.discard(3)
+    c.alive = {1, 2}
+    assert c.run_until(c.formed, 60_000)
+    for i in (1, 2):
+        assert 3 not in c.pg[i]._asm_normal and 3 not in c.pg[i]._asm_trans
+        assert all(d.sender != 3 for d in c.delivered[i])
+    # and the ring still works for the survivors
+    c.apply(1, c.pg[1].mcast(GA, b"after", Guarantee.AGREED, c.now))
+    assert c.run_until(lambda: all(c.delivered[i] and c.delivered[i][-1].message == b"after"
+                                   for i in (1, 2)), 60_000)
