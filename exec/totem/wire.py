@@ -28,7 +28,7 @@ __all__ = [
     "PROCESSOR_COUNT_MAX", "WireError", "RingId", "RtrItem", "OrfToken", "Mcast",
     "MergeDetect", "Join", "MembEntry", "CommitToken", "TokenHoldCancel", "Message",
     "decode", "encode", "peek_header", "PgPacket", "decode_pg", "encode_pg",
-    "decode_groups", "encode_groups", "BACKEND",
+    "decode_groups", "encode_groups", "BACKEND", "set_backend", "available_backends",
     "HEADER_SIZE", "ORF_TOKEN_SIZE", "MCAST_HEADER_SIZE", "MERGE_DETECT_SIZE", "JOIN_SIZE",
     "COMMIT_TOKEN_SIZE", "TOKEN_HOLD_CANCEL_SIZE", "PG_HEADER_SIZE",
 ]
@@ -497,22 +497,19 @@ def encode_pg(fragmented: int, continuation: int, pieces: list[bytes]) -> bytes:
     return _impl_encode_pg(fragmented, continuation, pieces)
 
 
-def _select_backend() -> str:
-    """Install the C hot paths when available and wanted; return the backend name."""
+_PURE_IMPL = {
+    "peek_header": _pure_peek_header, "decode_orf": _pure_decode_orf,
+    "encode_orf": _pure_encode_orf, "decode_mcast": _pure_decode_mcast,
+    "encode_mcast": _pure_encode_mcast, "decode_pg": _pure_decode_pg,
+    "encode_pg": _pure_encode_pg,
+}
+
+
+def _install(impl: dict) -> None:
+    """Point the ``_impl_*`` hooks (used by the functions and ``encode`` methods) at
+    ``impl``; the hooks are module globals so a switch takes effect everywhere at once."""
     global _impl_peek_header, _impl_decode_orf, _impl_encode_orf, _impl_decode_mcast
     global _impl_encode_mcast, _impl_decode_pg, _impl_encode_pg
-    want = os.environ.get("COROSYNC_CODEC", "auto").lower()
-    if want not in ("auto", "c", "pure"):
-        raise RuntimeError(f"COROSYNC_CODEC={want!r}: expected auto, c or pure")
-    if want == "pure":
-        return "pure"
-    try:
-        from corosync.exec.totem import _wire_c
-    except ImportError as exc:
-        if want == "c":
-            raise RuntimeError(f"COROSYNC_CODEC=c but the C codec is unavailable: {exc}")
-        return "pure"
-    impl = _wire_c.make_impl(globals())
     _impl_peek_header = impl["peek_header"]
     _impl_decode_orf = impl["decode_orf"]
     _impl_encode_orf = impl["encode_orf"]
@@ -520,6 +517,49 @@ def _select_backend() -> str:
     _impl_encode_mcast = impl["encode_mcast"]
     _impl_decode_pg = impl["decode_pg"]
     _impl_encode_pg = impl["encode_pg"]
+
+
+def _c_impl() -> dict:
+    """The C hot paths; ImportError when the extension is not built."""
+    from corosync.exec.totem import _wire_c
+    return _wire_c.make_impl(globals())
+
+
+def available_backends() -> list[str]:
+    """Backends usable in this process: always ``pure``, plus ``c`` when built."""
+    try:
+        _c_impl()
+    except ImportError:
+        return ["pure"]
+    return ["pure", "c"]
+
+
+def set_backend(name: str) -> str:
+    """Switch the hot paths to backend ``name`` (``pure`` or ``c``) at run time and
+    return the previous one.  Meant for tests and benchmarks that exercise both backends
+    in one process; production picks once at import (``COROSYNC_CODEC``)."""
+    global BACKEND
+    if name not in ("pure", "c"):
+        raise ValueError(f"unknown codec backend {name!r}")
+    _install(_c_impl() if name == "c" else _PURE_IMPL)
+    previous, BACKEND = BACKEND, name
+    return previous
+
+
+def _select_backend() -> str:
+    """Install the C hot paths when available and wanted; return the backend name."""
+    want = os.environ.get("COROSYNC_CODEC", "auto").lower()
+    if want not in ("auto", "c", "pure"):
+        raise RuntimeError(f"COROSYNC_CODEC={want!r}: expected auto, c or pure")
+    if want == "pure":
+        return "pure"
+    try:
+        impl = _c_impl()
+    except ImportError as exc:
+        if want == "c":
+            raise RuntimeError(f"COROSYNC_CODEC=c but the C codec is unavailable: {exc}")
+        return "pure"
+    _install(impl)
     return "c"
 
 

@@ -1,0 +1,95 @@
+"""Codec micro-benchmark: ops/s per hot operation, pure vs C backend, with ratios.
+
+Run: ``python bench/codec.py [--seconds 0.3]``.  Not a test: numbers depend on the
+machine.  Each op runs ``--rounds`` short timed runs per backend, interleaved; best run counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Callable
+
+from corosync.exec.totem import wire
+from corosync.exec.totem.wire import Mcast, OrfToken, RingId, RtrItem
+
+RING = RingId(1, 0x12)
+TOKEN0 = OrfToken(2, 100, 7, 99, 1, RING, 3, 4, 0, [], 0)
+TOKEN5 = OrfToken(2, 100, 7, 90, 1, RING, 3, 4, 0, [RtrItem(RING, 90 + i) for i in range(5)])
+TOKEN30 = OrfToken(2, 100, 7, 60, 1, RING, 3, 4, 0, [RtrItem(RING, 60 + i) for i in range(30)])
+PG1 = wire.encode_pg(0, 0, [b"\x01\x00\x01\x00a" + bytes(194)])
+PG8 = wire.encode_pg(0, 0, [b"\x01\x00\x01\x00a" + bytes(27)] * 8)
+PG_FULL = wire.encode_pg(1, 0, [bytes(1400)])
+MCAST = Mcast(1, 1, 19, RING, PG1, 16)
+T0, T5, T30, MC = TOKEN0.encode(), TOKEN5.encode(), TOKEN30.encode(), MCAST.encode()
+
+
+def ops() -> dict[str, Callable[[], object]]:
+    pieces8 = [b"\x01\x00\x01\x00a" + bytes(27)] * 8
+    return {
+        "peek_header": lambda: wire.peek_header(T0),
+        "decode token (0 rtr)": lambda: wire.decode(T0),
+        "decode token (5 rtr)": lambda: wire.decode(T5),
+        "decode token (30 rtr)": lambda: wire.decode(T30),
+        "encode token (0 rtr)": TOKEN0.encode,
+        "encode token (5 rtr)": TOKEN5.encode,
+        "decode mcast": lambda: wire.decode(MC),
+        "encode mcast": MCAST.encode,
+        "decode_pg (1 piece)": lambda: wire.decode_pg(PG1),
+        "decode_pg (8 pieces)": lambda: wire.decode_pg(PG8),
+        "decode_pg (1400 B frag)": lambda: wire.decode_pg(PG_FULL),
+        "encode_pg (1 piece)": lambda: wire.encode_pg(0, 0, [PG1]),
+        "encode_pg (8 pieces)": lambda: wire.encode_pg(0, 0, pieces8),
+    }
+
+
+def rate(fn: Callable[[], object], seconds: float) -> float:
+    """ops/s of one timed run of about ``seconds``."""
+    n, batch = 0, 100
+    start = time.perf_counter()
+    while True:
+        for _ in range(batch):
+            fn()
+        n += batch
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            return n / elapsed
+
+
+def measure(backends: list[str], seconds: float, rounds: int) -> dict[str, dict[str, float]]:
+    """Best of ``rounds`` runs per op and backend, the backends interleaved round by
+    round so that a noisy neighbour hurts both alike."""
+    results: dict[str, dict[str, float]] = {}
+    for op in ops():
+        for _ in range(rounds):
+            for name in backends:
+                wire.set_backend(name)
+                r = rate(ops()[op], seconds / rounds)
+                best = results.setdefault(op, {})
+                best[name] = max(best.get(name, 0.0), r)
+    return results
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=0.5, help="per op and backend")
+    ap.add_argument("--rounds", type=int, default=7)
+    args = ap.parse_args()
+    backends = wire.available_backends()
+    if "c" not in backends:
+        print("C backend not built: only pure numbers")
+    previous = wire.BACKEND
+    try:
+        results = measure(backends, args.seconds, args.rounds)
+    finally:
+        wire.set_backend(previous)
+    print(f"{'operation':26} {'pure ops/s':>12} {'C ops/s':>12} {'C/pure':>7}")
+    for op, r in results.items():
+        c = r.get("c")
+        cs = f"{c:12,.0f}" if c else f"{'-':>12}"
+        ratio = f"{c / r['pure']:7.2f}" if c else f"{'-':>7}"
+        print(f"{op:26} {r['pure']:12,.0f} {cs} {ratio}")
+
+
+if __name__ == "__main__":
+    main()
