@@ -9,16 +9,12 @@ The extension links against the versioned ``libcrypto.so.3`` by soname
 every Debian Python) is needed, not ``libssl-dev``; crypto.c declares the few prototypes
 it uses itself.
 
-``python lib/_c/build_crypto.py`` builds the module next to the package sources for local
-development (what an editable install does once setup.py lists this script).
+After editing crypto.c, rebuild with ``pip install -e .`` (or ``python setup.py build_ext
+--inplace``), which puts ``corosync/_ccrypto.abi3.so`` next to the package sources.
 """
 from __future__ import annotations
 
 import os
-import shutil
-import sys
-import tempfile
-
 from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -51,16 +47,5 @@ ffibuilder.set_source(
 )
 
 
-def build_inplace() -> str:
-    """Compile in a scratch directory and copy the module into ``corosync/``."""
-    repo = os.path.dirname(os.path.dirname(HERE))
-    with tempfile.TemporaryDirectory() as tmp:
-        built = ffibuilder.compile(tmpdir=tmp, verbose=False)
-        target = os.path.join(repo, "corosync", os.path.basename(built))
-        shutil.copyfile(built, target)
-    return target
-
-
 if __name__ == "__main__":
-    print(build_inplace())
-    sys.exit(0)
+    ffibuilder.compile(verbose=True)
