@@ -233,8 +233,11 @@ class Node:
         self._publish_stats()
         if self.sync_hook is not None:
             self._call_handler(self.sync_hook, chg)
-            return []
-        return self._complete_sync(now)
+        else:
+            # No services to synchronise: complete right after this batch (so the
+            # membership line srp logs with this confchg comes first, as in corosync).
+            self._calls.append(self._complete_sync)
+        return []
 
     def _complete_sync(self, now: int) -> list[Action]:
         self.log.notice("MAIN", "Completed service synchronization, ready to provide service.")
