@@ -818,7 +818,7 @@ class _Builder:
 
     def check_unknown_keys(self) -> None:
         """Warn (do not fail) about keys corosync-py does not know; they stay in cmap."""
-        for key, entry in sorted(self.km.keys.items()):
+        for key, entry in sorted(self.km.keys.items(), key=lambda kv: (kv[1].line or 0, kv[0])):
             if entry.line is not None and not is_known_key(key):
                 self.warn("unknown option, kept in cmap but not used", key)
 
