@@ -228,12 +228,13 @@ class TotemPg:
         :data:`MESSAGE_SIZE_MAX` bytes including the group header (real receivers would
         crash on it).
         """
-        hdr = self._group_header(groups)
+        if len(groups) != 1 or (hdr := self._hdr_cache.get(groups[0])) is None:
+            hdr = self._group_header(groups)
         size = len(hdr) + len(message)
         if size > MESSAGE_SIZE_MAX:
             raise ValueError(f"totempg message of {size} bytes exceeds {MESSAGE_SIZE_MAX}")
-        if guarantee is not Guarantee.AGREED and guarantee is not Guarantee.SAFE:
-            guarantee = Guarantee(guarantee)  # ValueError unless 0 or 1
+        if guarantee != 0 and guarantee != 1:
+            raise ValueError(f"guarantee {guarantee!r}: expected AGREED (0) or SAFE (1)")
         stats = self.stats
         buf = self._buf
         if (size + self._buf_size < self._packet_max - 2 * len(buf) - 4
@@ -385,8 +386,7 @@ class TotemPg:
         if asm is None:
             if frag == 0 and pkt.continuation == 0:
                 # Hot path: fresh sender state, packet of complete messages only.
-                for piece in pieces:
-                    self._emit(d, piece, out, now)
+                self._emit(d, pieces, out, now)
                 return
             asm = asms[sender] = _Assembly()
         if frag and not pieces:
@@ -406,13 +406,12 @@ class TotemPg:
             # piece is skipped and *nothing* of the packet is delivered.  ``last_frag`` is
             # left unchanged, as in corosync.
             stats.dropped["thrown_away"] = stats.dropped.get("thrown_away", 0) + 1
-            if frag in (0, 1):
-                asm.throw_away = False
-            if frag:
+            if frag == 1:
                 # corosync keeps a corrupted buffer here; we keep the only bytes that can
                 # belong to a later message: the trailing piece.
-                asm.parts = [pieces[-1]] if not asm.throw_away else []
-                asm.size = len(pieces[-1]) if not asm.throw_away else 0
+                asm.throw_away = False
+                asm.parts = [pieces[-1]]
+                asm.size = len(pieces[-1])
             return
         if cont != asm.last_frag:
             stats.throw_away_entered += 1
@@ -425,17 +424,14 @@ class TotemPg:
             return
         asm.last_frag = frag
         complete = pieces[:-1] if frag else pieces
+        if complete and asm.parts:
+            asm.parts.append(complete[0])
+            complete[0] = b"".join(asm.parts)
+            asm.parts = []
+            asm.size = 0
+            stats.reassembled += 1
         if complete:
-            first = complete[0]
-            if asm.parts:
-                asm.parts.append(first)
-                first = b"".join(asm.parts)
-                asm.parts = []
-                asm.size = 0
-                stats.reassembled += 1
-            self._emit(d, first, out, now)
-            for piece in complete[1:]:
-                self._emit(d, piece, out, now)
+            self._emit(d, complete, out, now)
         if frag:
             tail = pieces[-1]
             asm.parts.append(tail)
@@ -450,22 +446,31 @@ class TotemPg:
                 asm.throw_away = True
                 stats.throw_away_entered += 1
 
-    def _emit(self, d: Deliver, msg: bytes, out: list[Action], now: int) -> None:
-        """Parse the group header of one whole message and emit its PgDeliver."""
-        # Fast path: one group, little-endian (every real sender).
-        if (not d.swapped and len(msg) >= 4 and msg[0] == 1 and msg[1] == 0
-                and len(msg) >= (end := 4 + (msg[2] | msg[3] << 8))):
-            groups: tuple[bytes, ...] = (msg[4:end],)
-        else:
-            try:
-                names, end = decode_groups(msg, d.swapped)
-            except WireError as exc:
-                self._drop(exc.reason, f"Message received from node {d.sender} has an "
-                           f"invalid group header ({exc})...  Ignoring.", out, now)
-                return
-            groups = tuple(names)
+    def _emit(self, d: Deliver, msgs: list[bytes], out: list[Action], now: int) -> None:
+        """Parse the group header of each whole message and emit its PgDeliver.
+
+        The hot path of the receiver: one group, little-endian (what every real sender
+        sends) is parsed inline; anything else goes through ``wire.decode_groups``.
+        """
+        sender, ring_id, guarantee, swapped = d.sender, d.ring_id, d.guarantee, d.swapped
+        append = out.append
+        count = nbytes = 0
+        for msg in msgs:
+            n = len(msg)
+            if (not swapped and n >= 4 and msg[0] == 1 and msg[1] == 0
+                    and n >= (end := 4 + (msg[2] | msg[3] << 8))):
+                groups: tuple[bytes, ...] = (msg[4:end],)
+            else:
+                try:
+                    names, end = decode_groups(msg, swapped)
+                except WireError as exc:
+                    self._drop(exc.reason, f"Message received from node {sender} has an "
+                               f"invalid group header ({exc})...  Ignoring.", out, now)
+                    continue
+                groups = tuple(names)
+            append(PgDeliver(sender, groups, msg[end:], ring_id, guarantee, swapped))
+            count += 1
+            nbytes += n
         stats = self.stats
-        stats.msgs_rx += 1
-        stats.bytes_rx += len(msg)
-        out.append(PgDeliver(d.sender, groups, msg[end:], d.ring_id, d.guarantee,
-                             d.swapped))
+        stats.msgs_rx += count
+        stats.bytes_rx += nbytes
