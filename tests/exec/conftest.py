@@ -190,10 +190,11 @@ class Daemon:
 
 
 class Cluster:
-    def __init__(self, root: Path, nodes: list[tuple[int, str]], port: int, **conf) -> None:
+    def __init__(self, root: Path, nodes: list[tuple[int, str]], port: int, *,
+                 netns: str | None = None, **conf) -> None:
         self.port = port
         self.nodes = nodes
-        self.daemons = {nid: Daemon(root, nid, ip) for nid, ip in nodes}
+        self.daemons = {nid: Daemon(root, nid, ip, netns=netns) for nid, ip in nodes}
         for nid, d in self.daemons.items():
             d.conf.write_text(node_config(nodeid=nid, nodes=nodes, port=port,
                                           directory=d.dir, **conf))
@@ -230,13 +231,35 @@ class Cluster:
 def cluster_factory(tmp_path):
     made: list[Cluster] = []
 
-    def make(n: int, *, transport: str = "udpu", base: str = "127.0.0.", **conf) -> Cluster:
+    def make(n: int, *, transport: str = "udpu", base: str = "127.0.0.",
+             netns: str | None = None, **conf) -> Cluster:
         nodes = [(i, f"{base}{i}") for i in range(1, n + 1)]
-        port = pick_port([ip for _, ip in nodes])
-        c = Cluster(tmp_path / f"c{len(made)}", nodes, port, transport=transport, **conf)
+        port = pick_port([ip for _, ip in nodes]) if netns is None else 5405
+        c = Cluster(tmp_path / f"c{len(made)}", nodes, port, transport=transport,
+                    netns=netns, **conf)
         made.append(c)
         return c
 
     yield make
     for c in made:
         c.stop_all()
+
+
+@pytest.fixture
+def loopback_netns():
+    """A private network namespace whose loopback has multicast enabled (root + ip)."""
+    import shutil
+    import uuid
+
+    if os.geteuid() != 0 or not shutil.which("ip"):
+        pytest.skip("needs root and iproute2 for a private network namespace")
+    name = f"cpytest-{uuid.uuid4().hex[:8]}"
+    r = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot create a network namespace: {r.stderr.strip()}")
+    try:
+        for cmd in (["ip", "link", "set", "lo", "up"], ["ip", "link", "set", "lo", "multicast", "on"]):
+            subprocess.run(["ip", "netns", "exec", name] + cmd, check=True)
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
