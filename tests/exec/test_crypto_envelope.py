@@ -324,3 +324,23 @@ def test_backend_env_var_forces_c() -> None:
 def test_backend_argument_validated() -> None:
     with pytest.raises(RuntimeError):
         CryptoEnvelope("none", "sha1", KEY, backend="quantum")
+
+
+def _without_c_module(value: str) -> subprocess.CompletedProcess[str]:
+    """Import the envelope as on a machine where the C module was not built."""
+    code = ("import sys; sys.modules['corosync._ccrypto'] = None\n"
+            "from corosync.exec.transport import crypto\n"
+            "env = crypto.CryptoEnvelope('aes128', 'sha1', b'k' * 128, rng=lambda n: bytes(n))\n"
+            "print(crypto.BACKEND, crypto.C_AVAILABLE, env.wrap(b'x').hex())")
+    env = dict(os.environ, COROSYNC_CRYPTO_BACKEND=value)
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_missing_c_module_falls_back_to_pure_or_refuses_when_forced() -> None:
+    auto = _without_c_module("auto")
+    expected = ref_wrap("aes128", "sha1", b"k" * 128, bytes(16), b"x").hex()
+    assert auto.returncode == 0, auto.stderr
+    assert auto.stdout.split() == ["pure", "False", expected]
+    forced = _without_c_module("c")
+    assert forced.returncode != 0
+    assert "corosync._ccrypto is not built" in forced.stderr
