@@ -177,15 +177,15 @@ class TotemPg:
 
     # ------------------------------------------------------------------ sending
     def _group_header(self, groups: Sequence[bytes]) -> bytes:
-        if len(groups) == 1:
-            name = groups[0]
-            hdr = self._hdr_cache.get(name)
-            if hdr is None:
-                hdr = encode_groups([bytes(name)])
-                if len(self._hdr_cache) < 64:
-                    self._hdr_cache[bytes(name)] = hdr
-            return hdr
-        return encode_groups([bytes(g) for g in groups])
+        """The encoded group header for ``groups`` (cached for single groups, the case
+        of every real sender).  ValueError for 0 or > 32 names or a name > 65535 bytes."""
+        names = [bytes(g) for g in groups]
+        if any(len(n) > 0xFFFF for n in names):
+            raise ValueError("group name longer than 65535 bytes")
+        hdr = encode_groups(names)
+        if len(names) == 1 and len(self._hdr_cache) < 64:
+            self._hdr_cache[names[0]] = hdr
+        return hdr
 
     def _packets_needed(self, size: int, guarantee: int) -> int:
         """Srp queue slots one :meth:`mcast` of a ``size``-byte totempg message takes now
@@ -228,7 +228,9 @@ class TotemPg:
         :data:`MESSAGE_SIZE_MAX` bytes including the group header (real receivers would
         crash on it).
         """
-        if len(groups) != 1 or (hdr := self._hdr_cache.get(groups[0])) is None:
+        try:
+            hdr = self._hdr_cache[groups[0]] if len(groups) == 1 else self._group_header(groups)
+        except (KeyError, TypeError):  # first use, or an unhashable name (bytearray)
             hdr = self._group_header(groups)
         size = len(hdr) + len(message)
         if size > MESSAGE_SIZE_MAX:
