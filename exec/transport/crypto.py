@@ -238,6 +238,59 @@ class _CFramer:
 
 
 # ------------------------------------------------------------------------------------
+# AES-CBC with a per-datagram IV, without a cipher object per datagram
+
+class _CbcChain:
+    """AES-CBC (PKCS#7) where every call uses its own IV, on two long-lived objects.
+
+    Building a pycryptodome cipher object (key expansion and Python-level setup) costs
+    more than encrypting a whole 1500-byte datagram.  A CBC object keeps chaining across
+    calls: the last ciphertext block it produced (encrypt) or consumed (decrypt) acts as
+    the "previous block" of the next call.  So we keep one encryptor and one decryptor
+    and re-aim them per datagram: XOR ``prev ^ iv`` into the first plaintext block before
+    encrypting, or out of the first decrypted block afterwards.  The result is exactly
+    CBC with that IV (the tests compare against independent per-datagram CBC).
+    """
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+        self._reset()
+
+    def _reset(self) -> None:
+        zero = bytes(AES_BLOCK)
+        self._enc = AES.new(self._key, AES.MODE_CBC, iv=zero)
+        self._dec = AES.new(self._key, AES.MODE_CBC, iv=zero)
+        self._enc_prev = 0
+        self._dec_prev = 0
+
+    def encrypt(self, iv: bytes, plaintext: Union[bytes, bytearray, memoryview]) -> bytes:
+        buf = bytearray(plaintext)
+        buf += _PADS[AES_BLOCK - len(buf) % AES_BLOCK]
+        first = int.from_bytes(buf[:AES_BLOCK], "little") ^ int.from_bytes(iv, "little") ^ self._enc_prev
+        buf[:AES_BLOCK] = first.to_bytes(AES_BLOCK, "little")
+        try:
+            out = self._enc.encrypt(buf)
+        except Exception:
+            self._reset()  # never leave the chain in an unknown state
+            raise
+        self._enc_prev = int.from_bytes(out[-AES_BLOCK:], "little")
+        return out
+
+    def decrypt(self, iv: Union[bytes, memoryview], ciphertext: Union[bytes, memoryview]) -> bytearray:
+        """Decrypt whole blocks (the caller checked the length); padding stays on."""
+        out = bytearray(len(ciphertext))
+        try:
+            self._dec.decrypt(ciphertext, output=out)
+        except Exception:
+            self._reset()
+            raise
+        first = int.from_bytes(out[:AES_BLOCK], "little") ^ int.from_bytes(iv, "little") ^ self._dec_prev
+        out[:AES_BLOCK] = first.to_bytes(AES_BLOCK, "little")
+        self._dec_prev = int.from_bytes(ciphertext[-AES_BLOCK:], "little")
+        return out
+
+
+# ------------------------------------------------------------------------------------
 # the envelope
 
 def overhead_for(cipher: str, hash: str) -> int:
@@ -283,7 +336,7 @@ class CryptoEnvelope:
         self.rejected: collections.Counter[str] = collections.Counter()
         self._rng = rng
         key_len = CIPHERS[cipher]
-        self._aes_key = key[:key_len].ljust(key_len, b"\0") if key_len else b""
+        self._cbc = _CbcChain(key[:key_len].ljust(key_len, b"\0")) if key_len else None
         if key_len:
             min_body, align, salt = SALT_SIZE + AES_BLOCK, AES_BLOCK, SALT_SIZE
         else:
@@ -298,13 +351,11 @@ class CryptoEnvelope:
         """Return the datagram carrying ``plaintext`` (a whole totem message)."""
         if not plaintext:
             raise ValueError("cannot wrap an empty message")
-        if self._aes_key:
+        if self._cbc is not None:
             salt = self._rng(SALT_SIZE)
             if len(salt) != SALT_SIZE:
                 raise ValueError("rng returned a salt of the wrong size")
-            pad = AES_BLOCK - len(plaintext) % AES_BLOCK
-            cipher = AES.new(self._aes_key, AES.MODE_CBC, iv=salt)
-            body = salt + cipher.encrypt(b"".join((plaintext, _PADS[pad])))
+            body = salt + self._cbc.encrypt(salt, plaintext)
         else:
             body = plaintext if type(plaintext) is bytes else bytes(plaintext)
         return self._framer.seal(body)
@@ -316,16 +367,17 @@ class CryptoEnvelope:
         except CryptoError as exc:
             self.rejected[exc.reason] += 1
             raise
-        body = datagram[HEADER_SIZE: HEADER_SIZE + length]
-        if not self._aes_key:
-            return bytes(body)
-        cipher = AES.new(self._aes_key, AES.MODE_CBC, iv=bytes(body[:SALT_SIZE]))
-        plain = cipher.decrypt(body[SALT_SIZE:])
+        if self._cbc is None:
+            return bytes(datagram[HEADER_SIZE: HEADER_SIZE + length])
+        view = memoryview(datagram)
+        start = HEADER_SIZE + SALT_SIZE
+        plain = self._cbc.decrypt(view[HEADER_SIZE:start], view[start: HEADER_SIZE + length])
         pad = plain[-1]
         if not 1 <= pad <= AES_BLOCK or plain[-pad:] != _PADS[pad]:
             self.rejected["bad_padding"] += 1
             raise CryptoError("bad_padding", "authenticated datagram with invalid PKCS#7 padding")
-        return plain[:-pad]
+        del plain[-pad:]
+        return bytes(plain)
 
 
 # ------------------------------------------------------------------------------------

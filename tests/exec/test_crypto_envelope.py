@@ -147,6 +147,38 @@ def test_round_trip_every_combination(backend: str, cipher: str, hash_: str) -> 
         assert datagram == ref_wrap(cipher, hash_, KEY, salt, plaintext)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("cipher", ["aes128", "aes256"])
+def test_long_lived_cbc_chain_matches_fresh_cbc_in_any_order(backend: str, cipher: str) -> None:
+    """The envelope re-aims one CBC object per direction; datagrams must still be
+    independent: any order, interleaved with rejected and bad-padding datagrams."""
+    import random
+    rnd = random.Random(7)
+    sender = CryptoEnvelope(cipher, "sha256", KEY, backend=backend)
+    receiver = CryptoEnvelope(cipher, "sha256", KEY, backend=backend)
+    sent = []
+    for i in range(60):
+        plaintext = rnd.randbytes(rnd.choice([1, 16, 17, 57, 300, 1455]))
+        datagram = sender.wrap(plaintext)
+        assert datagram == ref_wrap(cipher, "sha256", KEY, datagram[4:20], plaintext), i
+        sent.append((datagram, plaintext))
+    klen = CIPHERS[cipher]
+    bad_pad_body = b"\xfe\xfe\x00\x00" + SALT + ref_cbc_raw(KEY[:klen], SALT, ORF[:48])
+    bad_pad = bad_pad_body + ref_hmac("sha256", KEY, bad_pad_body)
+    rnd.shuffle(sent)
+    for datagram, plaintext in sent:
+        forged = bytearray(datagram)
+        forged[-1] ^= 0x40
+        with pytest.raises(CryptoError):
+            receiver.unwrap(bytes(forged))
+        if rnd.random() < 0.3:
+            with pytest.raises(CryptoError) as info:
+                receiver.unwrap(bad_pad)
+            assert info.value.reason == "bad_padding"
+        assert receiver.unwrap(datagram) == plaintext
+        assert sender.unwrap(datagram) == plaintext  # one envelope both ways, too
+
+
 @pytest.mark.skipif(not crypto.C_AVAILABLE, reason="corosync._ccrypto not built")
 @settings(max_examples=150, deadline=None)
 @given(combo=st.sampled_from(COMBOS), plaintext=st.binary(min_size=1, max_size=3000),
