@@ -27,7 +27,7 @@ from typing import Any
 
 from attrs import define
 
-from ..cmap import CmapType, int_range
+from ..cmap import CmapError, CmapType, check_key_name, int_range
 from .errors import ConfigError
 from .parser import Item, Section
 
@@ -170,11 +170,21 @@ class _Reader:
             )
         return value
 
+    def store(self, key: str, value: Any, t: CmapType, line: int) -> None:
+        """Keep a key, refusing names cmap would refuse (as corosync's icmap_set does)."""
+        try:
+            check_key_name(key)
+        except CmapError:
+            raise self.error(
+                f'Can\'t store key "{key}" into icmap, returned error is CS_ERR_NAME_TOO_LONG', line, key
+            ) from None
+        self.out.set(key, value, t, line)
+
     def put(self, key: str, item: Item, t: CmapType | None = None) -> None:
         if t is None or t is CmapType.STRING:
-            self.out.set(key, item.value, CmapType.STRING, item.line)
+            self.store(key, item.value, CmapType.STRING, item.line)
         else:
-            self.out.set(key, self.to_int(key, item, t), t, item.line)
+            self.store(key, self.to_int(key, item, t), t, item.line)
 
     # -- walking -------------------------------------------------------------------------
     def read(self, root: Section) -> KeyMap:
@@ -281,7 +291,7 @@ class _Reader:
             base = f"logging.logger_subsys.{subsys}"
             for item in rest:
                 self.put(f"{base}.{item.key}", item)
-            self.out.set(f"{base}.subsys", subsys, CmapType.STRING, sec.line)
+            self.store(f"{base}.subsys", subsys, CmapType.STRING, sec.line)
             self.out.section_lines.setdefault(base, sec.line)
             return
         if name is None:
@@ -294,11 +304,11 @@ class _Reader:
             self.put(f"{base}.{item.key}", item)
         if subsys is None:
             if name != "corosync":
-                self.out.set(f"{base}.name", name, CmapType.STRING, sec.line)
+                self.store(f"{base}.name", name, CmapType.STRING, sec.line)
         else:
-            self.out.set(f"{base}.subsys", subsys, CmapType.STRING, sec.line)
+            self.store(f"{base}.subsys", subsys, CmapType.STRING, sec.line)
             if name != "corosync":
-                self.out.set(f"{base}.name", name, CmapType.STRING, sec.line)
+                self.store(f"{base}.name", name, CmapType.STRING, sec.line)
 
     def uidgid(self, sec: Section) -> None:
         for child in sec.children:
@@ -306,10 +316,10 @@ class _Reader:
                 raise self.error("uidgid: Can't add subsection different than uidgid", child.line)
             if child.key == "uid":
                 uid = _resolve_id(child.value, "user", pwd.getpwnam, self, child.line)
-                self.out.set(f"uidgid.config.uid.{uid}", 1, _U8, child.line)
+                self.store(f"uidgid.config.uid.{uid}", 1, _U8, child.line)
             elif child.key == "gid":
                 gid = _resolve_id(child.value, "group", grp.getgrnam, self, child.line)
-                self.out.set(f"uidgid.config.gid.{gid}", 1, _U8, child.line)
+                self.store(f"uidgid.config.gid.{gid}", 1, _U8, child.line)
             else:
                 raise self.error("uidgid: Only uid and gid are allowed items", child.line)
 

@@ -90,6 +90,8 @@ def parse(text: str, path: str = "<text>") -> Section:
         line_no += 1
         if len(raw) > MAX_LINE_CHARS:
             raise fail("Line too long", line_no)
+        if "\0" in raw:
+            raise fail("Line contains a NUL character", line_no)
         line = raw[:-1] if raw.endswith("\r") else raw
         line = line.rstrip(_BLANKS)
         stripped = line.lstrip(_BLANKS)

@@ -204,3 +204,13 @@ def test_uidgid_and_logging_daemon():
     assert k["uidgid.config.gid.0"][:2] == (1, CmapType.UINT8)
     assert k["logging.logger_subsys.CPG.debug"][0] == "on"
     assert k["logging.logger_subsys.CPG.subsys"][0] == "CPG"
+
+
+def test_names_cmap_would_refuse():
+    assert parse_error("a: 1\n") == (
+        'parser error: f.conf:1: Can\'t store key "a" into icmap, returned error is CS_ERR_NAME_TOO_LONG'
+    )
+    assert parse_error("totem {\n my key: 1\n}\n") == (
+        'parser error: f.conf:2: Can\'t store key "totem.my key" into icmap, returned error is CS_ERR_NAME_TOO_LONG'
+    )
+    assert parse_error("totem {\n a: x\0y\n}\n") == "parser error: f.conf:2: Line contains a NUL character"
