@@ -31,7 +31,7 @@ SERIAL_FILE = "serial.txt"
 CA_SUBJECT_CN = "QNet CA"
 SERVER_SUBJECT_CN = "Qnetd Server"
 DEFAULT_NICKNAME = "QNetd Cert"
-VALIDITY_DAYS = 36524  # 1200 months, as the stock script asks certutil for
+VALIDITY_MONTHS = 1200  # as the stock script asks NSS certutil for
 
 
 class CertError(Exception):
@@ -45,6 +45,16 @@ def nickname_stem(nickname: str) -> str:
 def server_files(cert_dir: Path, nickname: str) -> tuple[Path, Path]:
     stem = nickname_stem(nickname)
     return cert_dir / f"{stem}.crt", cert_dir / f"{stem}.key"
+
+
+def _validity() -> tuple[datetime.datetime, datetime.datetime]:
+    now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    years = VALIDITY_MONTHS // 12
+    try:
+        until = now.replace(year=now.year + years)
+    except ValueError:  # 29 February
+        until = now.replace(year=now.year + years, day=28)
+    return now, until
 
 
 def _file_mode(group_write: bool, directory: bool = False) -> int:
@@ -90,8 +100,7 @@ def init_ca(cert_dir: Path, group_write: bool = True, nickname: str = DEFAULT_NI
         cert_dir.mkdir(parents=True)
         os.chmod(cert_dir, _file_mode(group_write, directory=True))
     log("Creating new key and cert db")
-    now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
-    until = now + datetime.timedelta(days=VALIDITY_DAYS)
+    now, until = _validity()
     pem = serialization.Encoding.PEM
     no_enc = serialization.NoEncryption()
     pkcs8 = serialization.PrivateFormat.PKCS8
@@ -154,10 +163,10 @@ def sign_request(cert_dir: Path, request_file: Path, cluster_name: str,
         ca_cert = x509.load_pem_x509_certificate(_pem_block((cert_dir / CA_CERT_FILE).read_bytes()))
     except ValueError as exc:
         raise CertError(f"Can't load the CA: {exc}") from exc
-    now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    now, until = _validity()
     cert = (x509.CertificateBuilder().subject_name(req.subject).issuer_name(ca_cert.subject)
             .public_key(req.public_key()).serial_number(next_serial(cert_dir, group_write))
-            .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=VALIDITY_DAYS))
+            .not_valid_before(now).not_valid_after(until)
             .sign(ca_key, hashes.SHA256()))
     out = cert_dir / f"cluster-{cluster_name}.crt"
     _write(out, cert.public_bytes(serialization.Encoding.DER), False)
