@@ -392,18 +392,9 @@ class Srp:
 
     # ------------------------------------------------------------------ dispatch
     def _dispatch(self, msg: object, data: bytes, now: int) -> None:
-        if isinstance(msg, OrfToken):
-            self._on_orf_token(msg, now)
-        elif isinstance(msg, Mcast):
-            self._on_mcast(msg, data, now)
-        elif isinstance(msg, Join):
-            self._on_join(msg, now)
-        elif isinstance(msg, CommitToken):
-            self._on_commit_token(msg, now)
-        elif isinstance(msg, MergeDetect):
-            self._on_merge_detect(msg, now)
-        elif isinstance(msg, TokenHoldCancel):
-            self._on_hold_cancel(msg, now)
+        handler = _DISPATCH.get(msg.__class__)
+        if handler is not None:
+            handler(self, msg, data, now)
 
     # ------------------------------------------------------------------ GATHER
     def _gather_enter(self, why: GatherFrom) -> None:
@@ -447,7 +438,7 @@ class Srp:
             self._set_merge(self._failed, missing)
             self._gather_enter(GatherFrom.CONSENSUS_TIMEOUT)
 
-    def _on_join(self, join: Join, now: int) -> None:
+    def _on_join(self, join: Join, data: bytes, now: int) -> None:
         self.stats.memb_join_rx += 1
         sender = join.system_from
         if sender == 0 or 0 in join.proc_list:
@@ -525,7 +516,7 @@ class Srp:
         else:
             self.stats.rx_msg_dropped += 1
 
-    def _on_merge_detect(self, msg: MergeDetect, now: int) -> None:
+    def _on_merge_detect(self, msg: MergeDetect, data: bytes, now: int) -> None:
         self.stats.memb_merge_detect_rx += 1
         if msg.ring_id == self.ring_id:
             return
@@ -612,7 +603,7 @@ class Srp:
         self._out.append(Unicast(self._token_target, data))
         self._reset_retransmit_timeout()
 
-    def _on_commit_token(self, ct: CommitToken, now: int) -> None:
+    def _on_commit_token(self, ct: CommitToken, data: bytes, now: int) -> None:
         self.stats.memb_commit_token_rx += 1
         state = self.state
         n = len(ct.addr)
@@ -825,16 +816,15 @@ class Srp:
         count = (end - hd0) & U32
         if count == 0 or count >= QUEUE_SIZE:
             return
+        # No window check needed: hd0 >= last_released (= window head - 1) and
+        # count < QUEUE_SIZE keep every seq below inside the sort-queue window.
         items = self._regular.items
-        in_range = self._regular.in_range
         out = self._out
         safe_upto = self._safe_upto
         gap = False
         seq = hd0
         for _ in range(count):
             seq = (seq + 1) & U32
-            if not in_range(seq):
-                break
             stored = items.get(seq)
             if stored is None:
                 if not skip:
@@ -877,7 +867,9 @@ class Srp:
     # ------------------------------------------------------------------ MCAST
     def _on_mcast(self, m: Mcast, data: bytes, now: int) -> None:
         self.stats.mcast_rx += 1
-        if m.ring_id != self.ring_id:
+        ring = m.ring_id
+        mine = self.ring_id
+        if ring.seq != mine.seq or ring.rep != mine.rep:
             if m.system_from == 0:
                 self._drop("bad_nodeid", now, "nodeid 0 in mcast")
                 return
@@ -898,16 +890,18 @@ class Srp:
                 return
             queue = self._regular
         seq = m.seq
-        if queue.in_range(seq) and seq not in queue.items:
+        items = queue.items
+        if seq not in items and queue.in_range(seq):
             queue.add(seq, (m, data))
             if sq_lt(self._high_seq_received, seq):
                 self._high_seq_received = seq
-        self._update_aru()
-        if state is MembState.OPERATIONAL:
-            self._deliver(self._high_seq_received, skip=False, honor_safe=True)
+            if seq == ((self._aru + 1) & U32):
+                self._update_aru()
+                if state is MembState.OPERATIONAL:
+                    self._deliver(self._high_seq_received, skip=False, honor_safe=True)
 
     # ------------------------------------------------------------------ ORF token
-    def _on_orf_token(self, token: OrfToken, now: int) -> None:
+    def _on_orf_token(self, token: OrfToken, data: bytes, now: int) -> None:
         self.stats.orf_token_rx += 1
         if self._orf_discard:
             return
@@ -1125,7 +1119,7 @@ class Srp:
         self.stats.token_hold_cancel_tx += 1
         self._out.append(Multicast(TokenHoldCancel(self.nodeid, self.ring_id).encode()))
 
-    def _on_hold_cancel(self, msg: TokenHoldCancel, now: int) -> None:
+    def _on_hold_cancel(self, msg: TokenHoldCancel, data: bytes, now: int) -> None:
         self.stats.token_hold_cancel_rx += 1
         if msg.ring_id != self.ring_id:
             return
@@ -1191,6 +1185,15 @@ class Srp:
             msg = MergeDetect(self.nodeid, self.nodeid, self.ring_id)
             self._out.append(Multicast(msg.encode()))
 
+
+_DISPATCH: dict[type, Callable[[Srp, object, bytes, int], None]] = {
+    OrfToken: Srp._on_orf_token,
+    Mcast: Srp._on_mcast,
+    Join: Srp._on_join,
+    CommitToken: Srp._on_commit_token,
+    MergeDetect: Srp._on_merge_detect,
+    TokenHoldCancel: Srp._on_hold_cancel,
+}
 
 _TIMER_HANDLERS: dict[TimerKind, Callable[[Srp, int], None]] = {
     TimerKind.TOKEN_LOSS: Srp._on_token_loss_timer,
