@@ -123,9 +123,10 @@ class TotemSettings:
     crypto_hash: str = "none"
     crypto_model: str = "nss"
     secauth: str | None = None
-    #: the key file that was read (None with an inline key or without crypto)
+    #: effective key file: ``totem.keyfile``, else (no inline key) $COROSYNC_TOTEM_AUTHKEY_FILE
+    #: or /etc/corosync/authkey; None when only an inline key is given
     keyfile: str | None = None
-    #: inline ``totem.key`` as written
+    #: inline ``totem.key`` when it is the key in use (None when totem.keyfile is set: it wins)
     key: str | None = None
     #: the private key bytes (file content up to 4096 bytes, or the inline key); None without crypto
     private_key: bytes | None = None
@@ -386,9 +387,17 @@ class _Builder:
             )
         t.crypto_cipher, t.crypto_hash = cipher, hashed
         t.key = self.s("totem.key")
+        keyfile = self.s("totem.keyfile")
+        if keyfile is not None and t.key is not None:
+            # corosync reads the file and never looks at the inline key
+            self.warn("ignored because totem.keyfile is set", "totem.key")
+            t.key = None
+        # the effective key file path, also without crypto (tools may want to show it)
+        t.keyfile = keyfile
+        if keyfile is None and t.key is None:
+            t.keyfile = os.environ.get("COROSYNC_TOTEM_AUTHKEY_FILE") or DEFAULT_AUTHKEY
         if not t.crypto_enabled:
             return
-        keyfile = self.s("totem.keyfile")
         if keyfile is None and t.key is not None:
             raw = t.key.encode("utf-8", errors="surrogateescape")
             if len(raw) > KEY_LEN_MAX:

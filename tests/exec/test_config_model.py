@@ -281,3 +281,15 @@ def test_udpu_example_three_nodes(addr, nodeid):
     assert cfg.local_node.nodeid == nodeid and len(cfg.nodes) == 3
     assert cfg.totem_config.token == 1000 and cfg.totem_config.consensus == 1200
     assert cfg.warnings == []
+
+
+def test_keyfile_wins_over_inline_key_and_default_path(tmp_path, monkeypatch):
+    monkeypatch.delenv("COROSYNC_TOTEM_AUTHKEY_FILE", raising=False)
+    key = tmp_path / "authkey"
+    key.write_bytes(b"f" * 256)
+    cfg = load(conf(f"crypto_hash: sha256\nkeyfile: {key}\nkey: {'i' * 200}\n"))
+    assert (cfg.totem.keyfile, cfg.totem.key, cfg.totem.private_key) == (str(key), None, b"f" * 256)
+    assert cfg.warnings == ["t.conf:6: totem.key: ignored because totem.keyfile is set"]
+    assert load(conf()).totem.keyfile == "/etc/corosync/authkey"  # effective path, crypto off
+    monkeypatch.setenv("COROSYNC_TOTEM_AUTHKEY_FILE", str(key))
+    assert load(conf()).totem.keyfile == str(key)
