@@ -134,7 +134,7 @@ static int cc_init(cc_state *st, int hash, const char *key, size_t keylen,
     st->digest = a->digest;
     memset(k0, 0, sizeof(k0));
     if (keylen > a->block) {
-        unsigned char ctx[CC_CTX_BYTES] __attribute__((aligned(16)));
+        _Alignas(16) unsigned char ctx[CC_CTX_BYTES];
         a->init(ctx);
         a->update(ctx, key, keylen);
         a->final(k0, ctx);
@@ -159,7 +159,7 @@ static int cc_init(cc_state *st, int hash, const char *key, size_t keylen,
 static void cc_mac(const cc_state *st, const unsigned char *data, size_t n, unsigned char *out)
 {
     const struct cc_algo *a = &cc_algos[st->hash];
-    unsigned char ctx[CC_CTX_BYTES] __attribute__((aligned(16)));
+    _Alignas(16) unsigned char ctx[CC_CTX_BYTES];
     unsigned char inner_digest[CC_DIGEST_MAX];
 
     memcpy(ctx, st->inner, sizeof(ctx));
