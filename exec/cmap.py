@@ -284,11 +284,17 @@ class CmapStore:
             if entry is not None:
                 yield key, entry
 
-    def dump(self, prefix: str = "") -> str:
-        """``corosync-cmapctl``-style text: ``key (u32) = 1`` lines (binary as hex)."""
+    def dump(self, prefix: str = "", *, show_binary: bool = False) -> str:
+        """``corosync-cmapctl``-style text: ``key (u32) = 1`` lines.
+
+        Binary values print as ``key (bin)`` unless ``show_binary`` (cmapctl ``-x``).
+        """
         out = []
         for key, entry in self.iter_prefix(prefix):
-            out.append(f"{key} ({entry.type.short_name}) = {format_value(entry)}")
+            if entry.type is CmapType.BINARY and not show_binary:
+                out.append(f"{key} (bin)")
+            else:
+                out.append(f"{key} ({entry.type.short_name}) = {format_value(entry)}")
         return "".join(line + "\n" for line in out)
 
     # -- read-only rules -------------------------------------------------------------
@@ -399,9 +405,12 @@ def type_equal(a: Any, b: Any) -> bool:
 
 
 def format_value(entry: CmapValue) -> str:
-    """Value text as corosync-cmapctl prints it (``%f`` for float/double)."""
+    """Value text as corosync-cmapctl prints it: ``%f`` for float/double; binary with
+    printable ASCII kept, ``\\`` doubled and other bytes as ``\\xHH`` (its ``-x``)."""
     if entry.type in (CmapType.FLOAT, CmapType.DOUBLE):
         return f"{entry.value:f}"
     if entry.type is CmapType.BINARY:
-        return entry.value.hex()
+        return "".join(
+            "\\\\" if b == 0x5C else chr(b) if 0x20 <= b < 0x7F else f"\\x{b:02X}" for b in bytes(entry.value)
+        )
     return str(entry.value)

@@ -244,3 +244,10 @@ def test_sorted_index_stays_consistent(ops):
     for prefix in ("a", "aa.", "b", "totem.z", ""):
         assert [k for k, _ in store.iter_prefix(prefix)] == sorted(k for k in model if k.startswith(prefix))
     assert {k: v.value for k, v in store.iter_prefix()} == model
+
+
+def test_binary_dump_like_cmapctl():
+    store = CmapStore()
+    store.set("a.bin", b"ok\\\x00\xff", CmapType.BINARY)
+    assert store.dump() == "a.bin (bin)\n"  # cmapctl hides binary values without -x
+    assert store.dump(show_binary=True) == "a.bin (bin) = ok\\\\\\x00\\xFF\n"
