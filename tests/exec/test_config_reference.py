@@ -181,3 +181,12 @@ def test_cmap_entries_match_real_dump(shared_dir, cluster):
     ours = CmapStore.from_entries(cfg.cmap_entries()).dump().splitlines()
     real = [l for l in (base / "running" / "cmapctl.txt").read_text().splitlines() if l.startswith(CONFIG_PREFIXES)]
     assert ours == real  # same keys, types, values and order
+
+
+def test_quorum_device_keys_match_real_dump(shared_dir):
+    base = shared_dir / "reference" / "qdevice"
+    cfg = load_config(str(base / "corosync.conf"), local_addrs=N1)
+    assert CmapStore.from_entries(cfg.cmap_entries()).dump("quorum") == (base / "running-cmapctl-quorum.txt").read_text()
+    assert cfg.quorum["device.net.host"] == "198.18.0.100"
+    # qdevice config: 2 nodes, token 1000 with the default coefficient (no growth for 2 nodes)
+    assert cfg.totem_config.token == 1000
