@@ -61,9 +61,10 @@ HASHES: dict[str, tuple[int, int]] = {
     "sha512": (5, 64),
 }
 
-#: Accepted key file sizes: corosync 3's TOTEM_PRIVATE_KEY_LEN_MIN/MAX (what its keygen
-#: -s accepts; the default key is 256 bytes).  2.4 read exactly 128 bytes; we use the
-#: whole file as the private key instead (the envelope only talks to our own nodes).
+#: Key sizes: corosync 3's TOTEM_PRIVATE_KEY_LEN_MIN/MAX (what its keygen -s accepts; the
+#: default key is 256 bytes).  Key files are read as corosync 3 reads them (first 4096
+#: bytes, at least 128); 2.4 read exactly 128 bytes, but the envelope only talks to our
+#: own nodes, which all use the same rule.
 KEY_LEN_MIN = 128
 KEY_LEN_MAX = 4096
 DEFAULT_KEYFILE = "/etc/corosync/authkey"
@@ -384,24 +385,28 @@ class CryptoEnvelope:
 # keys and configuration
 
 def load_key(path: str) -> bytes:
-    """Read a private key file (128..4096 bytes, the whole file is the key).
+    """Read a private key file the way corosync 3 does.
 
-    Errors are :class:`KeyFileError` with ``reason`` ``missing``, ``unreadable`` or
-    ``size`` and a message naming the file, ready to be shown to the operator.
+    The key is the file's first 4096 bytes (``TOTEM_PRIVATE_KEY_LEN_MAX``; anything after
+    is ignored, as corosync does); fewer than 128 bytes is an error.  Errors are
+    :class:`KeyFileError` with ``reason`` ``missing`` (ENOENT), ``unreadable`` (any other
+    open/read error) or ``size``, and corosync's message naming the file.
     """
     try:
         with open(path, "rb") as f:
-            data = f.read(KEY_LEN_MAX + 1)
+            try:
+                data = f.read(KEY_LEN_MAX)
+            except OSError as exc:
+                raise KeyFileError(f"Could not read {path}: {exc.strerror or exc}", path=path,
+                                   reason="unreadable") from None
     except FileNotFoundError as exc:
         raise KeyFileError(f"Could not open {path}: {exc.strerror}", path=path, reason="missing") from None
     except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise KeyFileError(f"Could not read {path}: {reason}", path=path, reason="unreadable") from None
-    if not KEY_LEN_MIN <= len(data) <= KEY_LEN_MAX:
-        size = f"more than {KEY_LEN_MAX}" if len(data) > KEY_LEN_MAX else str(len(data))
+        raise KeyFileError(f"Could not open {path}: {exc.strerror or exc}", path=path,
+                           reason="unreadable") from None
+    if len(data) < KEY_LEN_MIN:
         raise KeyFileError(
-            f"Key file {path} has {size} bytes; a key must be {KEY_LEN_MIN}..{KEY_LEN_MAX} bytes "
-            f"(corosync-keygen writes 256)",
+            f"Could only read {len(data) * 8} bits of minimum {KEY_LEN_MIN * 8} bits from {path}.",
             path=path,
             reason="size",
         )
@@ -451,19 +456,33 @@ def resolve_crypto_names(totem: Any) -> tuple[str, str]:
 def envelope_from_config(totem_settings: Any, **kwargs: Any) -> Optional[CryptoEnvelope]:
     """Build the envelope for a parsed ``totem`` section, or None when crypto is off.
 
-    Key source, first match wins: inline ``totem.key`` (UTF-8 bytes, 1..4096), then
-    ``totem.keyfile``, then ``$COROSYNC_TOTEM_AUTHKEY_FILE``, then /etc/corosync/authkey.
-    ``kwargs`` go to :class:`CryptoEnvelope` (rng, backend).
+    When the settings already carry the key bytes (``private_key``, as
+    ``exec/config/model.py`` loads them with file/line errors) those are used.  Otherwise
+    the key is found as corosync does: ``totem.keyfile`` if set, else the inline
+    ``totem.key`` (UTF-8, 128..4096 bytes), else ``$COROSYNC_TOTEM_AUTHKEY_FILE``, else
+    /etc/corosync/authkey.  ``kwargs`` go to :class:`CryptoEnvelope` (rng, backend).
     """
     cipher, hash_ = resolve_crypto_names(totem_settings)
     if cipher == "none" and hash_ == "none":
         return None
+    key = _setting(totem_settings, "private_key")
+    if key is None:
+        key = _find_key(totem_settings)
+    return CryptoEnvelope(cipher, hash_, bytes(key), **kwargs)
+
+
+def _find_key(totem_settings: Any) -> bytes:
+    keyfile = _setting(totem_settings, "keyfile")
+    if keyfile:
+        return load_key(str(keyfile))
     inline = _setting(totem_settings, "key")
     if inline:
         key = inline.encode("utf-8") if isinstance(inline, str) else bytes(inline)
         if len(key) > KEY_LEN_MAX:
-            raise CryptoConfigError(f"totem.key: key is too long (max {KEY_LEN_MAX} bytes)", key="totem.key")
-    else:
-        path = _setting(totem_settings, "keyfile") or os.environ.get(AUTHKEY_ENV) or DEFAULT_KEYFILE
-        key = load_key(str(path))
-    return CryptoEnvelope(cipher, hash_, key, **kwargs)
+            raise CryptoConfigError(f"totem.key: key is too long ({len(key)} bytes, at most {KEY_LEN_MAX})",
+                                    key="totem.key")
+        if len(key) < KEY_LEN_MIN:
+            raise CryptoConfigError(f"totem.key: key is too short ({len(key)} bytes, at least {KEY_LEN_MIN})",
+                                    key="totem.key")
+        return key
+    return load_key(os.environ.get(AUTHKEY_ENV) or DEFAULT_KEYFILE)
