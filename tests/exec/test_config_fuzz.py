@@ -43,7 +43,8 @@ _tokens = st.sampled_from(
     ["{", "}", ":", " ", "\t", "\n", "\r", "#", "totem", "nodelist", "node", "ring0_addr", "nodeid",
      "interface", "logging", "logger_subsys", "subsys", "quorum", "uidgid", "uid", "version", "2", "0",
      "-1", "99999999999", "10.0.0.1", "fd00::1", "udpu", "udp", "knet", "transport", "token", "consensus",
-     "join", "crypto_cipher", "aes256", "ttl", "mcastaddr", "cluster_name", "x", "é", "\0", "\x00\xff"]
+     "join", "crypto_cipher", "aes256", "ttl", "mcastaddr", "cluster_name", "x", "é", "\0", "\x00\xff",
+     ".", "node.1.", "ring1_addr", "name", "broadcast", "yes", "linknumber", "logging_daemon", "secauth", "on"]
 )
 
 
