@@ -277,6 +277,8 @@ class Srp:
         queue = self._trans_q if self._waiting_trans_ack else self._new_q
         if len(queue) >= self.config.send_queue_max:
             raise QueueFull(f"{len(queue)} messages queued")
+        if self._left:
+            return []  # after leave() nothing is sent any more
         prev = self._begin()
         if self._token_held and not self._in_token and self.state is MembState.OPERATIONAL:
             self._send_hold_cancel()
