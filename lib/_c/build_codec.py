@@ -57,8 +57,10 @@ ffibuilder.cdef(CDEF)
 ffibuilder.set_source(
     "corosync._ccodec",
     PREAMBLE,
-    sources=[os.path.join(HERE, "codec.c")],
-    include_dirs=[HERE],
+    # setuptools refuses absolute source paths when building wheels: relative to the cwd
+    # (the project root under pip/setup.py, wherever a manual run starts).
+    sources=[os.path.relpath(os.path.join(HERE, "codec.c"))],
+    include_dirs=[os.path.relpath(HERE)],
     extra_compile_args=["-O2", "-std=c99", "-Wall", "-Wextra"],
 )
 
