@@ -27,7 +27,7 @@ from typing import Any
 from attrs import define, field
 
 from ..cmap import CmapType
-from ..totem.config import TotemConfig, derive
+from ..totem.config import MINIMUM_TIMEOUT, MINIMUM_TIMEOUT_HOLD, TotemConfig, derive
 from .default import DEFAULT_CONFIG_TEXT
 from .errors import ConfigError
 from .keys import ConfKey, KeyMap, read_keys
@@ -684,8 +684,6 @@ class _Builder:
 
     def check_timers(self, cfg: TotemConfig) -> None:
         """corosync's limits on the effective timers (MINIMUM_TIMEOUT = 30 ms)."""
-        from ..totem.config import MINIMUM_TIMEOUT, MINIMUM_TIMEOUT_HOLD
-
         def key_for(name: str) -> str:
             return f"totem.{name}" if self.km.get(f"totem.{name}") else "totem.token"
 
