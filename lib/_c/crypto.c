@@ -41,6 +41,7 @@ extern int SHA384_Final(unsigned char *md, void *c);
 extern int SHA512_Init(void *c);
 extern int SHA512_Update(void *c, const void *data, size_t len);
 extern int SHA512_Final(unsigned char *md, void *c);
+extern int CRYPTO_memcmp(const void *a, const void *b, size_t len);
 
 /*
  * Largest context is SHA512_CTX (216 bytes on LP64); MD5_CTX 92, SHA_CTX 96,
@@ -170,15 +171,14 @@ static void cc_mac(const cc_state *st, const unsigned char *data, size_t n, unsi
     a->final(out, ctx);
 }
 
-/* Compare without an early exit, so timing does not reveal the matching prefix length. */
+/*
+ * Compare without an early exit, so timing does not reveal the matching prefix length.
+ * libcrypto's CRYPTO_memcmp is written (in assembly on x86) so that no compiler can turn
+ * it back into an early-exit loop, which a plain C loop cannot promise.
+ */
 static int cc_equal(const unsigned char *x, const unsigned char *y, size_t n)
 {
-    unsigned char acc = 0;
-    size_t i;
-
-    for (i = 0; i < n; i++)
-        acc |= (unsigned char)(x[i] ^ y[i]);
-    return acc == 0;
+    return CRYPTO_memcmp(x, y, n) == 0;
 }
 
 /*
