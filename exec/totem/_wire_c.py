@@ -51,7 +51,7 @@ class _Scratch(threading.local):
 
 
 #: Which implementation ``make_impl`` installs per hook, from ``bench/codec.py`` (see
-#: docs/corosync-totemdump.md, "codec backends").  A cffi call plus ``ffi.unpack`` costs
+#: docs/corosync-totemdump.md, "The codec underneath").  A cffi call plus ``ffi.unpack`` costs
 #: more than ``struct.unpack_from``/``pack`` of a fixed header, and the attrs objects cost
 #: the same either way, so C only wins where the pure code does per-packet Python work
 #: that the C side removes: totempg unpack (~1.3x).  Everything else stays pure.
