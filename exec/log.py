@@ -44,6 +44,13 @@ _SYSLOG_FACILITIES = {
     "local4": 20, "local5": 21, "local6": 22, "local7": 23, "user": 1,
 }
 
+_PRIORITIES = {
+    "alert": LogLevel.CRIT, "crit": LogLevel.CRIT, "emerg": LogLevel.CRIT,
+    "err": LogLevel.ERROR, "error": LogLevel.ERROR, "warning": LogLevel.WARNING,
+    "notice": LogLevel.NOTICE, "info": LogLevel.INFO, "debug": LogLevel.DEBUG,
+    "trace": LogLevel.TRACE,
+}
+
 _DEBUG_THRESHOLD = {"off": LogLevel.INFO, "on": LogLevel.DEBUG, "trace": LogLevel.TRACE}
 
 
@@ -130,6 +137,9 @@ class CorosyncLog:
         self.subsys_threshold: dict[str, LogLevel] = {}
         self._syslog_facility = 3
         self._syslog_sock: socket.socket | None = None
+        self._syslog_retry_at = 0.0
+        self.syslog_path = "/dev/log"
+        self.syslog_threshold = LogLevel.INFO
         self.limiter = RateLimiter()
 
     # -- configuration -------------------------------------------------------------------
@@ -150,6 +160,8 @@ class CorosyncLog:
                 overrides, "debug", None)
             if debug is not None:
                 self.subsys_threshold[str(subsys).upper()] = self._debug_threshold(debug)
+        self.syslog_threshold = _PRIORITIES.get(
+            str(getattr(settings, "syslog_priority", "info") or "info").lower(), LogLevel.INFO)
         facility = str(getattr(settings, "syslog_facility", "daemon") or "daemon").lower()
         self._syslog_facility = _SYSLOG_FACILITIES.get(facility, 3)
         self.close_logfile()
@@ -203,7 +215,7 @@ class CorosyncLog:
             prefix = f"[{self.pid}] {self.host} {self.app} "
             line = f"{stamp} {prefix}{core}" if stamp else prefix + core
             self._write(self._logfile, line)
-        if self.to_syslog:
+        if self.to_syslog and level <= self.syslog_threshold:
             self._syslog(level, self._core(None, subsys, message, where))
 
     def _core(self, level: LogLevel | None, subsys: str, message: str,
@@ -234,14 +246,24 @@ class CorosyncLog:
     def _syslog(self, level: LogLevel, core: str) -> None:
         pri = self._syslog_facility * 8 + min(int(level), 7)
         payload = f"<{pri}>{self.app}[{self.pid}]: {core}".encode("utf-8", "replace")
+        if self._syslog_sock is None:
+            now = time.monotonic()
+            if now < self._syslog_retry_at:
+                return  # no syslog daemon: don't try to connect for every line
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            sock.setblocking(False)
+            try:
+                sock.connect(self.syslog_path)
+            except OSError:
+                sock.close()
+                self._syslog_retry_at = now + 10.0
+                return
+            self._syslog_sock = sock
         try:
-            if self._syslog_sock is None:
-                self._syslog_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-                self._syslog_sock.setblocking(False)
-                self._syslog_sock.connect("/dev/log")
             self._syslog_sock.send(payload)
         except OSError:
-            self._syslog_sock = None  # no syslog daemon: silently skip, retry later
+            self._syslog_sock.close()
+            self._syslog_sock = None
 
     def limited(self, level: LogLevel, subsys: str, key: str, message: str) -> None:
         """Log at most one line per ``key`` per limiter interval."""

@@ -43,6 +43,14 @@ from .totem.events import (Action, CancelTimer, ConfChg, ConfChgKind, Deliver, G
 STATS_INTERVAL = 1.0
 
 
+#: stats.srp.* keys the real daemon stores with a type other than u64
+_SRP_STAT_TYPES = {
+    "avg_backlog_calc": "UINT32", "avg_token_workload": "UINT32",
+    "continuous_gather": "UINT32", "continuous_sendmsg_failures": "UINT32",
+    "mtt_rx_token": "UINT32", "firewall_enabled_or_nic_failure": "UINT8",
+}
+
+
 @attrs.define
 class DriverStats:
     actions: int = 0
@@ -335,7 +343,8 @@ class Node:
             value = getattr(stats, field.name)
             if isinstance(value, bool) or not isinstance(value, int):
                 continue
-            self._cmap_set(f"stats.srp.{field.name}", value, "UINT64")
+            self._cmap_set(f"stats.srp.{field.name}", value,
+                           _SRP_STAT_TYPES.get(field.name, "UINT64"))
 
     async def _stats_task(self) -> None:
         while True:
