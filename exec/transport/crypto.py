@@ -22,12 +22,13 @@ Design points, each for a reason:
   (:mod:`hmac`, itself OpenSSL-backed) or in one call into the cffi module
   ``corosync._ccrypto`` (lib/_c/crypto.c), which keeps the HMAC key schedule precomputed.
   ``COROSYNC_CRYPTO_BACKEND=pure|c|auto`` (default ``auto``) selects at import time;
-  ``BACKEND`` says which one is active.  AES is pycryptodome in both.
+  ``BACKEND`` says which one is active.  AES is pycryptodome in both, on long-lived
+  cipher objects re-aimed per datagram (:class:`_CbcChain`).
 * **Injectable randomness.**  The per-packet salt (the CBC IV) comes from ``rng``
   (default :func:`os.urandom`) so tests can pin it and compare bytes exactly.
 
-Envelope objects are not thread-safe (the C path reuses one output buffer); the
-executive uses one per trio event loop.
+Envelope objects are not thread-safe (the C path reuses one output buffer, the CBC
+objects carry chaining state); the executive uses one per trio event loop.
 """
 
 from __future__ import annotations
