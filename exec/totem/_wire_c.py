@@ -2,7 +2,9 @@
 
 The C side validates every length and count and converts the byte order; it hands the
 numbers back in one ``int64_t`` array that a single ``ffi.unpack`` turns into a Python
-list, from which the same attrs objects as the pure codec are built.
+list (totempg: the common case packed into the return value, no array read at all), from
+which the same attrs objects as the pure codec are built.  Encoders write into a scratch
+buffer that ``ffi.unpack`` copies out as ``bytes``.
 
 Error semantics are identical to the pure codec *by construction*: when C reports a
 malformed buffer (or an encoder argument does not fit its field), the pure function is
@@ -39,8 +41,9 @@ _raw_new = ffi.new_allocator(should_clear_after_alloc=False)
 
 class _Scratch(threading.local):
     """Per-thread output buffers.  Allocating per call costs as much as the C work
-    itself, and one module-wide buffer is unsafe: cffi releases the GIL around C calls,
-    so another thread could overwrite it between the call and the unpack."""
+    itself, and one module-wide buffer is unsafe: another thread may run between the C
+    call that fills it and the ``ffi.unpack`` that reads it (and cffi would release the
+    GIL during the call itself if build_codec.py did not prevent it)."""
 
     def __init__(self) -> None:
         self.orf = _raw_new("int64_t[]", lib.CC_ORF_FIELDS + 3 * 30)
@@ -99,7 +102,8 @@ def make_c_impl(ns: dict[str, Any]) -> dict[str, Callable[..., Any]]:
     mcast_size = lib.CC_MCAST_SIZE
     null = ffi.NULL
 
-    # Buffers: bytes pass to ``const char *`` without a copy; others need a cffi view.
+    # Input buffers: bytes pass to ``const char *`` without a copy; others need a view.
+
     def _fail(code: int, pure: Callable[..., Any], *args: Any) -> Any:
         pure(*args)  # raises the identical WireError (reason and detail)
         raise WireError(_REASONS.get(-code, "malformed"), "C and pure codecs disagree")

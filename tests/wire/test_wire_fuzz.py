@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from corosync.exec.totem import wire
 from wire_helpers import CAPTURES, be_encode, outcome, totem_datagrams
 
-FUZZ = settings(max_examples=300, deadline=None, derandomize=True, database=None,
+FUZZ = settings(max_examples=200, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,
                                        HealthCheck.too_slow])
 
