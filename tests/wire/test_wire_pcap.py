@@ -178,3 +178,33 @@ def test_shared_captures(shared_dir):
         assert len(got) == count
         assert all(g.dport == 5405 for g in got)
         assert all(g.src.startswith(("10.", "192.", "172.", "198.")) for g in got)
+
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_SEED_FILES = [
+    pcap(1, [ether(ipv4(SRC4, DST4, udp(5404, 5405, b"a" * 40))),
+             ether(ipv6(SRC6, DST6, udp(5405, 5405, b"b" * 9)), v6=True),
+             ether(ipv4(SRC4, DST4, b"frag" * 4, frag=0x2000))]),
+    pcap(276, [sll2(ipv4(SRC4, DST4, udp(1, 2, b"c")))], big=True),
+    _pcapng([ether(ipv4(SRC4, DST4, udp(5404, 5405, b"ng")))], tsresol=0x86),
+]
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.sampled_from(_SEED_FILES), data=st.data())
+def test_mutated_captures_never_crash(seed, data):
+    """Corrupted captures yield datagrams or raise PcapError — nothing else."""
+    buf = bytearray(seed)
+    for _ in range(data.draw(st.integers(1, 6))):
+        i = data.draw(st.integers(0, len(buf) - 1))
+        buf[i] = data.draw(st.integers(0, 255))
+    if data.draw(st.booleans()):
+        buf = buf[:data.draw(st.integers(0, len(buf)))]
+    try:
+        for d in PcapReader(io.BytesIO(bytes(buf)), "fuzz"):
+            assert isinstance(d.payload, bytes) and 0 <= d.sport <= 0xFFFF
+    except PcapError:
+        pass
