@@ -34,6 +34,7 @@ import signal
 import sys
 from typing import Any, Sequence
 
+import attrs
 import trio
 
 from .log import CorosyncLog
@@ -291,6 +292,10 @@ async def run_node(config: Any, envelope: Any, log: CorosyncLog, ready_fd: int |
     def transport_log(level: Any, key: str, message: str) -> None:
         log.limited(level, "TOTEM", key, message)
 
+    if envelope is not None and config.totem_config.transport_overhead != envelope.overhead:
+        # Leave room for the envelope so encrypted datagrams still fit netmtu (spec §6.3).
+        config.totem_config = attrs.evolve(config.totem_config,
+                                           transport_overhead=envelope.overhead)
     transport = make_transport(config, envelope=envelope, log=transport_log)
     try:
         node = Node(config, log=log, transport=transport, cmap=cmap)
@@ -353,6 +358,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _exit_error(log, status)
     try:
         status = trio.run(run_node, config, envelope, log, ready_fd)
+    except Exception as exc:  # a bug must still end in a logged, non-zero exit
+        log.error("MAIN", f"Fatal error: {exc!r}")
+        status = EXIT_FATAL
     finally:
         pidfile.release()
     if status == EXIT_OK:
