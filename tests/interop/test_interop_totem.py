@@ -47,12 +47,13 @@ def _skip_reason() -> str | None:
     return None
 
 
-def conf_text(nodeid: int, d: Path, ours: bool) -> str:
+def conf_text(nodeid: int, d: Path, ours: bool, transport: str = "udpu") -> str:
     nodes = "".join(f"    node {{\n        ring0_addr: 198.18.0.{i}\n        nodeid: {i}\n"
                     f"        name: n{i}\n    }}\n" for i in (1, 2, 3))
     system = (f"system {{\n    state_dir: {d / 'state'}\n    run_dir: {d / 'run'}\n}}\n"
               if ours else "")
-    return ("totem {\n    version: 2\n    cluster_name: interop\n    transport: udpu\n"
+    return ("totem {\n    version: 2\n    cluster_name: interop\n"
+            f"    transport: {transport}\n"
             "    token: 1000\n    token_coefficient: 0\n    crypto_cipher: none\n"
             "    crypto_hash: none\n}\n"
             "logging {\n    to_stderr: no\n    to_logfile: yes\n"
@@ -106,11 +107,11 @@ def lab(tmp_path):
         pytest.skip(f"cannot build network namespaces: {exc}")
     procs: dict[int, subprocess.Popen] = {}
 
-    def start(i: int, ours: bool) -> Path:
+    def start(i: int, ours: bool, transport: str = "udpu") -> Path:
         d = tmp_path / f"n{i}"
         d.mkdir(exist_ok=True)
         conf = d / "corosync.conf"
-        conf.write_text(conf_text(i, d, ours))
+        conf.write_text(conf_text(i, d, ours, transport))
         ns = localcluster.ns_name(state, i)
         if ours:
             cmd = ["ip", "netns", "exec", ns, sys.executable, "-m", "corosync.exec.main",
@@ -180,3 +181,23 @@ def test_ours_and_two_debian_nodes_form_one_stable_ring(lab):
     lab.stop(3, signal.SIGKILL)
     wait_for(lambda: view(logs[1]) == (1, 2) and view(logs[2]) == (1, 2), 15,
              "ours and n2 dropping the killed n3")
+
+
+def test_udp_multicast_ring_with_debian_nodes(lab):
+    """transport udp: multicast from port mcastport-1, tokens unicast (spec §1.4)."""
+    logs = {1: lab.start(1, ours=True, transport="udp"),
+            2: lab.start(2, ours=False, transport="udp"),
+            3: lab.start(3, ours=False, transport="udp")}
+    all3 = (1, 2, 3)
+    wait_for(lambda: all(view(logs[i]) == all3 for i in all3), 30,
+             "udp ring of 1 (ours), 2, 3: " + ", ".join(f"n{i}={view(logs[i])}" for i in all3))
+    assert "Initializing transport (UDP/IP Multicast)." in logs[1].read_text()
+    before = {i: logs[i].read_text().count("A new membership") for i in all3}
+    deadline = time.monotonic() + 5  # > 2 failure-detection periods (token+consensus 2.2 s)
+    while time.monotonic() < deadline:
+        assert all(lab.procs[i].poll() is None for i in all3)
+        time.sleep(0.5)
+    assert {i: logs[i].read_text().count("A new membership") for i in all3} == before
+    lab.stop(2, signal.SIGKILL)
+    wait_for(lambda: view(logs[1]) == (1, 3) and view(logs[3]) == (1, 3), 15,
+             "ours and n3 dropping the killed n2")
