@@ -8,29 +8,12 @@ Without the built extension it skips with the reason printed, except under CI (e
 
 from __future__ import annotations
 
-import os
 from typing import Iterator
 
 import pytest
 
 from corosync.exec.totem import wire
-
-BACKENDS = ["pure", "c"]
-
-
-def backend_impl(name: str) -> dict:
-    """The hook table of backend ``name``; skip/fail as described above if it is absent."""
-    if name == "pure":
-        return dict(wire._PURE_IMPL)
-    try:
-        from corosync.exec.totem import _wire_c
-    except ImportError as exc:
-        reason = f"C codec extension unavailable: {exc}"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason} (CI is set: the extension must be built)")
-        print(reason)
-        pytest.skip(reason)
-    return _wire_c.make_c_impl(vars(wire))
+from wire_helpers import BACKENDS, backend_impl
 
 
 def _current() -> dict:

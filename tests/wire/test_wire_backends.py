@@ -11,7 +11,7 @@ import types
 import pytest
 
 from corosync.exec.totem import wire
-from conftest import backend_impl
+from wire_helpers import backend_impl
 
 RING = wire.RingId(1, 9)
 
