@@ -257,8 +257,12 @@ class Node:
 
     def mcast(self, groups: list[bytes], message: bytes,
               guarantee: Guarantee = Guarantee.AGREED) -> None:
-        """Multicast an application message (raises QueueFull when flow control says no)."""
-        self._drive(lambda now: self.pg.mcast(groups, message, guarantee, now))
+        """Multicast an application message.
+
+        Raises QueueFull (flow control: retry after the token moved) and ValueError (too
+        big) to the caller; those are answers, not internal errors."""
+        actions = self.pg.mcast(groups, message, guarantee, self.now_ms())
+        self._drive(lambda _now: actions)
 
     # -- timers --------------------------------------------------------------------------
 
