@@ -144,7 +144,8 @@ class QnetdServer:
             self._log(LOG_WARNING, f"Client {client.addr} sent undecodable message: {exc.reason}")
             self._send(client, P.build_server_error(exc.seq, Err.ERROR_DECODING_MSG))
             return
-        self._log(LOG_DEBUG, f"Client {client.addr} sent {P.MSG_TYPE_TEXT[msg.type]} message")
+        self._log(LOG_DEBUG, f"Client {client.addr} sent {P.MSG_TYPE_TEXT[msg.type]} message, "
+                             f"seq {msg.seq}")
         self._dispatch(client, msg, data, now)
 
     def on_tls_established(self, conn_id: int, peer_names: Optional[list[str]], now: float) -> None:
@@ -206,6 +207,9 @@ class QnetdServer:
     # ------------------------------------------------------------------ AlgoContext
 
     def send_vote_info(self, client: Client, seq: int, vote: int, ring: RingId) -> None:
+        self._log(LOG_DEBUG, f"Sending vote info to client {client.addr} (cluster "
+                             f"{client.cluster_name!r}, node_id {client.node_id}): seq {seq}, "
+                             f"vote {P.VOTE_TEXT[vote]}, ring id ({ring})")
         self._record_vote(client, vote)
         self._send(client, P.build_vote_info(seq, vote, ring))
 
@@ -328,8 +332,11 @@ class QnetdServer:
         elif msg.node_id is None or msg.ring_id is None or msg.heartbeat_interval is None:
             code = Err.DOESNT_CONTAIN_REQUIRED_OPTION
         hb = msg.heartbeat_interval
-        if hb is not None and not (cfg.heartbeat_interval_min <= hb <= cfg.heartbeat_interval_max):
-            code = Err.INVALID_HEARTBEAT_INTERVAL  # upstream overwrites earlier codes here
+        if client.preinit_received and not (
+                cfg.heartbeat_interval_min <= (hb or 0) <= cfg.heartbeat_interval_max):
+            # upstream range-checks even a missing interval (as 0) and overwrites earlier
+            # codes: an INIT without heartbeat gets 13, not 7 (verified against Debian)
+            code = Err.INVALID_HEARTBEAT_INTERVAL
         if code == Err.NO_ERROR and msg.tie_breaker is None:
             code = Err.DOESNT_CONTAIN_REQUIRED_OPTION
         if code == Err.NO_ERROR:

@@ -144,13 +144,15 @@ def tool(sock: Path, *args: str) -> subprocess.CompletedProcess:
 class Daemon:
     """A corosync-qnetd subprocess in a temp dir, always stopped by PID."""
 
-    def __init__(self, tmp: Path, *args: str, port: Optional[int] = None) -> None:
+    def __init__(self, tmp: Path, *args: str, port: Optional[int] = None,
+                 binary: Optional[str] = None, debug: bool = True) -> None:
         self.tmp = tmp
         self.port = port or free_port()
         self.sock = tmp / "qnetd.sock"
         self.lock = tmp / "qnetd.pid"
         self.stderr_path = tmp / "qnetd.stderr"
-        cmd = [sys.executable, "-m", "corosync.tools.qnetd", "-f", "-d", "-p", str(self.port),
+        prog = [binary] if binary else [sys.executable, "-m", "corosync.tools.qnetd"]
+        cmd = [*prog, "-f", *(["-d"] if debug else []), "-p", str(self.port),
                "-S", f"lock_file={self.lock},local_socket_file={self.sock}", *args]
         self._err = open(self.stderr_path, "wb")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self._err)
@@ -174,7 +176,8 @@ class Daemon:
         raise AssertionError(f"qnetd not ready: {self.stderr()}")
 
     def stderr(self) -> str:
-        self._err.flush()
+        if not self._err.closed:
+            self._err.flush()
         return self.stderr_path.read_text(errors="replace")
 
     def stop(self) -> int:

@@ -55,6 +55,12 @@ def test_preinit_init_gating_and_errors():
         assert _summary(h.take(c)[0]) == ("INIT_REPLY", 2, code)
     h.send(c, P.build_init(2, 1, 7, 8000, TieBreaker(), RingId(1, 1)))
     assert _summary(h.take(c)[0]) == ("INIT_REPLY", 2, 12)
+    # Debian's quirk: a missing heartbeat is range-checked as 0 and overwrites code 7
+    h.send(c, P.Builder(P.MsgType.INIT).seq(3).u32(P.Opt.NODE_ID, 1).finish())
+    assert _summary(h.take(c)[0]) == ("INIT_REPLY", 3, 13)
+    h.send(c, P.Builder(P.MsgType.INIT).seq(3).u32(P.Opt.NODE_ID, 1).u32(P.Opt.HEARTBEAT_INTERVAL, 8000)
+           .finish())
+    assert _summary(h.take(c)[0]) == ("INIT_REPLY", 3, 7)
     assert c not in h.closed and not h.server.clusters
 
 
