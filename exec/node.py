@@ -340,6 +340,9 @@ class Node:
     def _publish_stats(self) -> None:
         if self.cmap is None:
             return
+        space = getattr(self.srp, "queue_space", None)
+        if callable(space):
+            self._cmap_set("stats.pg.msg_queue_avail", int(space()), "UINT32")
         stats = getattr(self.srp, "stats", None)
         if stats is None or not attrs.has(type(stats)):
             return

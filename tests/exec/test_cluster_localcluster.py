@@ -54,11 +54,12 @@ def test_localcluster_loopback_up_kill_start_down(tmp_path):
         assert not os.path.exists(f"/proc/{pid}") or "Z" in open(f"/proc/{pid}/stat").read()
 
 
-def test_localcluster_netns_partition_and_heal(tmp_path):
+@pytest.mark.parametrize("transport", ["udpu", "udp"])
+def test_localcluster_netns_partition_and_heal(tmp_path, transport):
     if os.geteuid() != 0 or not shutil.which("ip"):
         pytest.skip("needs root and iproute2 for network namespaces")
     d = tmp_path / "lc"
-    r = lc(d, "up", "3", "--netns", "--token", "300", check=False)
+    r = lc(d, "up", "3", "--netns", "--transport", transport, "--token", "300", check=False)
     try:
         if r.returncode != 0 and "netns" in r.stderr:
             pytest.skip(f"network namespaces unavailable: {r.stderr.strip()}")

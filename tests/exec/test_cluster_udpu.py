@@ -34,7 +34,7 @@ def test_single_node_ring_and_files(cluster_factory):
     ringfile = d.dir / "state" / "ringid_1"
     wait_until(lambda: ringfile.exists() and
                struct.unpack("=Q", ringfile.read_bytes())[0] >= 1, 5, "ringid_1 written")
-    assert d.stop() == 0
+    assert d.stop(signal.SIGINT) == 0
     assert "Node was shut down by a signal" in d.log()
     assert "Corosync Cluster Engine exiting normally" in d.log()
     assert not (d.dir / "run" / "corosync.pid").exists()
