@@ -1,5 +1,8 @@
 """Codec micro-benchmark: ops/s per hot operation, pure vs C backend, with ratios.
 
+Columns: pure; C (the C implementation of every op); C/pure; what ``set_backend("c")``
+installs for that op (``_wire_c.FASTEST``) and that mix's speed relative to pure.
+
 Run: ``python bench/codec.py [--seconds 0.3]``.  Not a test: numbers depend on the
 machine.  Each op runs ``--rounds`` short timed runs per backend, interleaved; best run counts.
 """
@@ -24,8 +27,32 @@ MCAST = Mcast(1, 1, 19, RING, PG1, 16)
 T0, T5, T30, MC = TOKEN0.encode(), TOKEN5.encode(), TOKEN30.encode(), MCAST.encode()
 
 
+def _capture_payloads() -> list[bytes]:
+    """Totem payloads of the shared udpu capture (a realistic mix: 82% tokens), or []."""
+    import os
+    from corosync.exec.totem.pcap import read_udp
+    shared = os.environ.get("COROSYNC_SHARED", os.path.join(os.path.dirname(__file__), "..",
+                                                             "..", "shared"))
+    path = os.path.join(shared, "spec", "captures", "udpu_2node.pcap")
+    if not os.path.exists(path):
+        return []
+    return [d.payload for d in read_udp(path) if d.dport == 5405]
+
+
+CAPTURE = _capture_payloads()
+
+
+def _replay() -> None:
+    """Decode every datagram of the capture and unpack the totempg packet of each MCAST."""
+    for p in CAPTURE:
+        m = wire.decode(p)
+        if type(m) is Mcast and m.encapsulated == wire.ENCAP_NORMAL:
+            wire.decode_pg(m.payload)
+
+
 def ops() -> dict[str, Callable[[], object]]:
     pieces8 = [b"\x01\x00\x01\x00a" + bytes(27)] * 8
+    extra = {"capture replay (datagrams)": _replay} if CAPTURE else {}
     return {
         "peek_header": lambda: wire.peek_header(T0),
         "decode token (0 rtr)": lambda: wire.decode(T0),
@@ -40,12 +67,13 @@ def ops() -> dict[str, Callable[[], object]]:
         "decode_pg (1400 B frag)": lambda: wire.decode_pg(PG_FULL),
         "encode_pg (1 piece)": lambda: wire.encode_pg(0, 0, [PG1]),
         "encode_pg (8 pieces)": lambda: wire.encode_pg(0, 0, pieces8),
+        **extra,
     }
 
 
 def rate(fn: Callable[[], object], seconds: float) -> float:
     """ops/s of one timed run of about ``seconds``."""
-    n, batch = 0, 100
+    n, batch = 0, 1 if fn is _replay else 100
     start = time.perf_counter()
     while True:
         for _ in range(batch):
@@ -53,7 +81,7 @@ def rate(fn: Callable[[], object], seconds: float) -> float:
         n += batch
         elapsed = time.perf_counter() - start
         if elapsed >= seconds:
-            return n / elapsed
+            return n * (len(CAPTURE) if fn is _replay else 1) / elapsed
 
 
 def impls() -> dict[str, dict]:
@@ -63,6 +91,7 @@ def impls() -> dict[str, dict]:
     if "c" in wire.available_backends():
         from corosync.exec.totem import _wire_c
         tables["c"] = _wire_c.make_c_impl(vars(wire))
+        tables["mix"] = _wire_c.make_impl(vars(wire))
     return tables
 
 
@@ -104,13 +133,16 @@ def main() -> None:
         results = measure(tables, args.seconds, args.rounds)
     finally:
         wire.set_backend(previous)
-    print(f"{'operation':26} {'pure ops/s':>12} {'C ops/s':>12} {'C/pure':>7}  backend c uses")
+    print(f"{'operation':26} {'pure ops/s':>12} {'C ops/s':>12} {'C/pure':>7} "
+          f"{'backend c':>10} {'c/pure':>7}")
     for op, r in results.items():
-        c = r.get("c")
+        c, mix = r.get("c"), r.get("mix")
         cs = f"{c:12,.0f}" if c else f"{'-':>12}"
         ratio = f"{c / r['pure']:7.2f}" if c else f"{'-':>7}"
-        hook = next(h for prefix, h in HOOK.items() if op.startswith(prefix))
-        print(f"{op:26} {r['pure']:12,.0f} {cs} {ratio}  {fastest.get(hook, '-')}")
+        hook = next((h for prefix, h in HOOK.items() if op.startswith(prefix)), "")
+        uses = fastest.get(hook, "mix") if fastest else "-"
+        mixr = f"{mix / r['pure']:7.2f}" if mix else f"{'-':>7}"
+        print(f"{op:26} {r['pure']:12,.0f} {cs} {ratio} {uses:>10} {mixr}")
 
 
 if __name__ == "__main__":
