@@ -174,6 +174,9 @@ def load(opts: Options, log: CorosyncLog) -> tuple[Any, Any] | int:
     if use_default_text:
         log.notice("MAIN", f"{DEFAULT_CONFIG} not found: using the built-in single-node "
                            f"configuration (127.0.0.1, udpu)")
+        private = _private_dirs_for_unprivileged(config)
+        if private:
+            log.notice("MAIN", f"not running as root: state and pid files go to {private}")
     for warning in getattr(config, "warnings", []) or []:
         log.warning("MAIN", str(warning))
 
@@ -189,6 +192,27 @@ def load(opts: Options, log: CorosyncLog) -> tuple[Any, Any] | int:
                           f"supported by this implementation; use udpu or udp")
         return _exit_error(log, EXIT_CONFIG)
     return config, envelope
+
+
+def _private_dirs_for_unprivileged(config: Any) -> str | None:
+    """With the embedded config, a non-root user cannot write /var/lib/corosync or /run;
+    use a private directory instead so ``corosync -f`` just works after pip install.
+    Only the embedded config gets this treatment: a real config means what it says."""
+    system = config.system
+    if os.geteuid() == 0 or (_writable(system.state_dir) and _writable(system.run_dir)):
+        return None
+    base = os.environ.get("XDG_RUNTIME_DIR") or os.path.join(
+        os.path.expanduser("~"), ".cache")
+    private = os.path.join(base, "corosync-py")
+    system.state_dir = os.path.join(private, "state")
+    system.run_dir = os.path.join(private, "run")
+    return private
+
+
+def _writable(path: str) -> bool:
+    while path and not os.path.exists(path):
+        path = os.path.dirname(path.rstrip("/")) or "/"
+    return os.access(path, os.W_OK)
 
 
 # -- process management ------------------------------------------------------------------

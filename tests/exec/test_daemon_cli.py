@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -155,3 +156,43 @@ def test_daemon_mode_reports_bind_failure(tmp_path):
     r = run("-c", str(conf), env={"COROSYNC_LOCAL_ADDRS": "192.0.2.1"})
     assert r.returncode == 15
     assert "Unable to bind the socket to 192.0.2.1" in (tmp_path / "corosync.log").read_text()
+
+
+def test_plain_corosync_f_runs_with_the_embedded_config():
+    """The README's "install and run": ``corosync -f`` with no config anywhere.  Run in
+    private mount + network namespaces so /etc/corosync, /run, /var/lib/corosync and port
+    5405 on 127.0.0.1 are ours alone."""
+    if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("ip"):
+        pytest.skip("needs root, unshare and ip for private namespaces")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("COROSYNC_MAIN_CONFIG_FILE", "COROSYNC_LOCAL_ADDRS", "COROSYNC_RUN_DIR")}
+    inner = ("ip link set lo up && mkdir -p /etc/corosync /var/lib/corosync && "
+             "mount -t tmpfs none /etc/corosync && mount -t tmpfs none /var/lib/corosync && "
+             "mount -t tmpfs none /run && "
+             f"exec {sys.executable} -m corosync.exec.main -f")
+    proc = subprocess.Popen(["unshare", "-m", "-n", "sh", "-c", inner], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        os.set_blocking(proc.stdout.fileno(), False)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            chunk = proc.stdout.read()
+            if chunk:
+                lines.append(chunk)
+            text = "".join(lines)
+            if "A new membership" in text or "mount:" in text or proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        text = "".join(lines)
+        if "mount:" in text:
+            pytest.skip(f"cannot mount in a private namespace here: {text.strip()}")
+        assert "using the built-in single-node configuration" in text
+        assert "A new membership (1." in text and "Members joined: 1" in text
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)  # unshare and sh exec: this pid is the daemon
+        os.set_blocking(proc.stdout.fileno(), True)
+        rest, _ = proc.communicate(timeout=15)
+    assert proc.returncode == 0, text + rest
+    assert "Corosync Cluster Engine exiting normally" in rest
