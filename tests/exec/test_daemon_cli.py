@@ -171,16 +171,19 @@ def test_plain_corosync_f_runs_with_the_embedded_config():
              "mount -t tmpfs none /run && "
              f"exec {sys.executable} -m corosync.exec.main -f")
     proc = subprocess.Popen(["unshare", "-m", "-n", "sh", "-c", inner], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env)
+                            stderr=subprocess.STDOUT, env=env)
     lines: list[str] = []
     try:
         assert proc.stdout is not None
         os.set_blocking(proc.stdout.fileno(), False)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            chunk = proc.stdout.read()
+            try:
+                chunk = os.read(proc.stdout.fileno(), 65536)
+            except BlockingIOError:
+                chunk = b""
             if chunk:
-                lines.append(chunk)
+                lines.append(chunk.decode(errors="replace"))
             text = "".join(lines)
             if "A new membership" in text or "mount:" in text or proc.poll() is not None:
                 break
@@ -193,6 +196,7 @@ def test_plain_corosync_f_runs_with_the_embedded_config():
     finally:
         os.kill(proc.pid, signal.SIGTERM)  # unshare and sh exec: this pid is the daemon
         os.set_blocking(proc.stdout.fileno(), True)
-        rest, _ = proc.communicate(timeout=15)
+        out, _ = proc.communicate(timeout=15)
+        rest = out.decode(errors="replace")
     assert proc.returncode == 0, text + rest
     assert "Corosync Cluster Engine exiting normally" in rest
