@@ -200,3 +200,17 @@ def test_plain_corosync_f_runs_with_the_embedded_config():
         rest = out.decode(errors="replace")
     assert proc.returncode == 0, text + rest
     assert "Corosync Cluster Engine exiting normally" in rest
+
+
+def test_refuses_to_run_setuid(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run with real uid != effective uid")
+    port = pick_port()
+    conf = tmp_path / "corosync.conf"
+    conf.write_text(node_config(nodeid=1, nodes=[(1, "127.0.0.1")], port=port,
+                                directory=tmp_path))
+    r = subprocess.run(CMD + ["-f", "-c", str(conf)], capture_output=True, text=True,
+                       timeout=30, env={**os.environ, "COROSYNC_LOCAL_ADDRS": "127.0.0.1"},
+                       preexec_fn=lambda: os.setresuid(65534, 0, 0))  # as if setuid-root
+    assert r.returncode == 15
+    assert "refuses to run setuid or setgid" in (tmp_path / "corosync.log").read_text() + r.stderr
