@@ -74,12 +74,12 @@ def ops() -> dict[str, Callable[[], object]]:
 def rate(fn: Callable[[], object], seconds: float) -> float:
     """ops/s of one timed run of about ``seconds``."""
     n, batch = 0, 1 if fn is _replay else 100
-    start = time.perf_counter()
+    start = time.process_time()
     while True:
         for _ in range(batch):
             fn()
         n += batch
-        elapsed = time.perf_counter() - start
+        elapsed = time.process_time() - start
         if elapsed >= seconds:
             return n * (len(CAPTURE) if fn is _replay else 1) / elapsed
 
