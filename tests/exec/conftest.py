@@ -258,8 +258,11 @@ def loopback_netns():
     if r.returncode != 0:
         pytest.skip(f"cannot create a network namespace: {r.stderr.strip()}")
     try:
-        for cmd in (["ip", "link", "set", "lo", "up"], ["ip", "link", "set", "lo", "multicast", "on"]):
+        for cmd in (["ip", "link", "set", "lo", "multicast", "on"], ["ip", "link", "set", "lo", "up"]):
             subprocess.run(["ip", "netns", "exec", name] + cmd, check=True)
+        # IPv6 multicast needs a route on lo (IPv4 uses IP_MULTICAST_IF alone).
+        subprocess.run(["ip", "-n", name, "-6", "route", "add", "ff00::/8", "dev", "lo"],
+                       capture_output=True)
         yield name
     finally:
         subprocess.run(["ip", "netns", "del", name], capture_output=True)

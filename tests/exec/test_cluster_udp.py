@@ -42,3 +42,19 @@ def test_udp_mcastaddr_derived_from_cluster_name(cluster_factory, loopback_netns
     if ss.returncode != 0:
         return  # no ss: the ring forming over the derived group already proves it
     assert f"{want}:5405" in ss.stdout
+
+
+def test_udp_ipv6_single_node_multicast(cluster_factory, loopback_netns):
+    """IPv6 multicast sockets (IPV6_JOIN_GROUP, IPV6_MULTICAST_IF/HOPS/LOOP).  One node:
+    ::1 is the only IPv6 loopback address."""
+    c = cluster_factory(1, transport="udp", base="::", netns=loopback_netns,
+                        totem_extra="    ip_version: ipv6\n", mcastaddr="ff15::1234")
+    c.start()
+    c.wait_members([1])
+    log = c[1].log()
+    assert "The network interface [::1] is now up." in log
+    assert "failed" not in log  # every multicast send went out
+    ss = subprocess.run(["ip", "netns", "exec", loopback_netns, "ss", "-uan"],
+                        capture_output=True, text=True)
+    if ss.returncode == 0:
+        assert "[::1]:5404" in ss.stdout and "[ff15::1234]:5405" in ss.stdout
