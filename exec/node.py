@@ -103,9 +103,22 @@ class Node:
         self._stop = trio.Event()
         self._stopped = trio.Event()
         self._join_counts: dict[int, int] = {}
-        self._addresses = {n.nodeid: n.ring0_addr for n in config.nodes}
+        self._addresses = self._resolve_addresses(config)
         self._writer = ringid.RingIdWriter(
             ringid.ringid_path(self.state_dir, self.nodeid), on_error=self._ringid_error)
+
+    @staticmethod
+    def _resolve_addresses(config: Any) -> dict[int, str]:
+        from .transport import node_address
+
+        ip_version = str(getattr(config.totem, "ip_version", "ipv6-4") or "ipv6-4")
+        out = {}
+        for n in config.nodes:
+            try:
+                out[n.nodeid] = node_address(n.ring0_addr, ip_version)
+            except ValueError:
+                out[n.nodeid] = str(n.ring0_addr)
+        return out
 
     @staticmethod
     def _build_pg(config: Any, ring_seq: int) -> Any:
@@ -133,7 +146,8 @@ class Node:
             self.log.info("TOTEM", "Configuring link 0")
             if t.name == "UDP/IP Unicast":
                 for node in self.config.nodes:
-                    self.log.notice("TOTEM", f"adding new UDPU member {{{node.ring0_addr}}}")
+                    ip = self._addresses.get(node.nodeid, node.ring0_addr)
+                    self.log.notice("TOTEM", f"adding new UDPU member {{{ip}}}")
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(t.run, self._on_datagram)
                 nursery.start_soon(self._timer_task)

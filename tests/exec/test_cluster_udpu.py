@@ -121,3 +121,18 @@ def test_ipv6_single_node_on_loopback(cluster_factory):
     c.start()
     c.wait_members([1])
     assert "The network interface [::1] is now up." in c[1].log()
+
+
+def test_node_address_given_as_a_host_name(tmp_path):
+    from conftest import Cluster, pick_port
+
+    c = Cluster(tmp_path, [(1, "localhost")], pick_port(), totem_extra="    ip_version: ipv4\n")
+    c[1].env_extra["COROSYNC_LOCAL_ADDRS"] = "127.0.0.1"
+    try:
+        c.start()
+        c.wait_members([1])
+        log = c[1].log()
+        assert "adding new UDPU member {127.0.0.1}" in log
+        assert "The network interface [127.0.0.1] is now up." in log
+    finally:
+        c.stop_all()
