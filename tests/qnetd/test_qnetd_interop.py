@@ -176,18 +176,21 @@ def test_debian_qdevices_vote_through_our_qnetd(lab, shared_dir):
     sock = lab.start_qnetd("-s", "off")
     _bring_up(lab, sock, "off")
     ref = shared_dir / "reference/qdevice"
-    assert _mask(lab.quorum(1)).replace("Node ID:          1", "") == \
-        _mask((ref / "running-quorumtool-s.txt").read_text()).replace("Node ID:          1", "")
+    strip = lambda t: _mask(t).replace("Node ID:          1", "")  # noqa: E731
+    running = strip((ref / "running-quorumtool-s.txt").read_text())
+    # compared with a deadline: on a loaded machine Debian's own membership may flap once
+    wait_for(lambda: strip(lab.quorum(1)) == running, 30, lambda: lab.quorum(1))
     wait_for(lambda: tool(sock, "-l").count(b"(ACK)") == 2, 15, "both ACK in our tool")
     # n2 is killed (corosync and qdevice): our disconnect hook and n1's new membership keep
     # the vote with n1, which stays quorate with 1 + 1 (qdevice) of 3 votes
     lab.stop("qdevice2", signal.SIGKILL)
     lab.stop("corosync2", signal.SIGKILL)
-    wait_for(lambda: "Total votes:      2" in lab.quorum(1) and "Quorate:          Yes" in lab.quorum(1),
-             30, lambda: lab.quorum(1) + tool(sock, "-l", "-v").decode())
-    assert _mask(lab.quorum(1)) == _mask((ref / "after-kill-quorumtool-s.txt").read_text())
-    listing = _mask(tool(sock, "-l").decode())
-    assert listing == _mask((ref / "after-kill-qnetd-tool-l.txt").read_text())
+    after = _mask((ref / "after-kill-quorumtool-s.txt").read_text())
+    wait_for(lambda: _mask(lab.quorum(1)) == after, 30,
+             lambda: lab.quorum(1) + tool(sock, "-l", "-v").decode())
+    listing = _mask((ref / "after-kill-qnetd-tool-l.txt").read_text())
+    wait_for(lambda: _mask(tool(sock, "-l").decode()) == listing, 15,
+             lambda: tool(sock, "-l").decode())
 
 
 def test_debian_qdevices_over_tls_with_client_certificates(lab, tmp_path):
