@@ -385,16 +385,16 @@ class TotemPg:
         frag = pkt.fragmented
         asms = self._asm_trans if self._waiting_trans_ack else self._asm_normal
         asm = asms.get(sender)
-        if asm is None:
-            if frag == 0 and pkt.continuation == 0:
-                # Hot path: fresh sender state, packet of complete messages only.
-                self._emit(d, pieces, out, now)
-                return
-            asm = asms[sender] = _Assembly()
+        if asm is None and frag == 0 and pkt.continuation == 0:
+            # Hot path: fresh sender state, packet of complete messages only.
+            self._emit(d, pieces, out, now)
+            return
         if frag and not pieces:
             self._drop("pg_bad_count", f"Message (totempg_mcast) received from node "
                        f"{sender} is fragmented but has no messages...  Ignoring.", out, now)
             return
+        if asm is None:
+            asm = asms[sender] = _Assembly()
         self._reassemble(d, asm, pkt.continuation, frag, pieces, out, now)
         if frag == 0:
             del asms[sender]  # corosync returns the assembly to its free list
