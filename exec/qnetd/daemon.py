@@ -118,6 +118,7 @@ class _Conn:
         self.addr = addr
         self.outbox: deque[bytes] = deque()
         self.wakeup = trio.Event()
+        self.flushed = trio.Event()  # set by the writer whenever the queue became empty
         self.paused = False  # during the TLS handshake nothing may be written
         self.start_tls = False
         self.scope = trio.CancelScope()
@@ -148,6 +149,8 @@ class QnetdDaemon:
         self.conns: dict[int, _Conn] = {}
         self._next_id = 1
         self._ipc_clients = 0
+        self._timer_kick = trio.Event()
+        self._shutdown = trio.Event()
         self.ssl_ctx: Optional[ssl.SSLContext] = None
         self.tcp_raw: Optional[pysocket.socket] = None
         self.ipc_raw: Optional[pysocket.socket] = None
@@ -387,11 +390,12 @@ class QnetdDaemon:
 
     async def _starttls(self, conn: _Conn) -> None:
         assert self.ssl_ctx is not None
-        conn.paused = True
-        # let the writer finish what it is writing on the plain stream (PREINIT_REPLY etc.)
+        # whatever is still queued (normally nothing) goes out in plain text first
         while conn.outbox:
+            conn.flushed = trio.Event()
             conn.kick()
-            await trio.sleep(0)
+            await conn.flushed.wait()
+        conn.paused = True
         tls = trio.SSLStream(conn.stream, self.ssl_ctx, server_side=True)
         with trio.fail_after(max(10.0, self.cfg.dpd_interval_coefficient * 120.0)):
             await tls.do_handshake()
@@ -411,6 +415,8 @@ class QnetdDaemon:
             data = conn.outbox[0]
             await conn.stream.send_all(data)
             conn.outbox.popleft()
+            if not conn.outbox:
+                conn.flushed.set()
 
     # ---------------------------------------------------------------- local IPC
 

@@ -77,3 +77,34 @@ def test_listen_options(tmp_path):
         assert r.stdout.startswith(f"QNetd address:\t\t\t127.0.0.1:{d.port}\n".encode())
     finally:
         assert d.stop() == 0
+
+
+def test_daemonizes_without_f(tmp_path):
+    """Without -f the daemon forks, detaches and writes its own pid to the lock file."""
+    import os
+    import signal
+    import time
+
+    from qnetd_client import free_port, tool
+    lock, sock = tmp_path / "q.pid", tmp_path / "q.sock"
+    r = qnetd("-s", "off", "-p", str(free_port()), "-S", f"lock_file={lock},local_socket_file={sock}")
+    assert r.returncode == 0 and r.stdout == b"" and r.stderr == b""
+    deadline = time.monotonic() + 20
+    pid = None
+    while time.monotonic() < deadline:
+        text = lock.read_text() if lock.exists() else ""
+        if text.endswith("\n") and sock.exists() and tool(sock, "-s").returncode == 0:
+            pid = int(text)
+            break
+        time.sleep(0.05)
+    assert pid is not None, "daemon did not come up"
+    try:
+        assert os.getsid(pid) != os.getsid(0)  # detached into its own session
+        assert tool(sock, "-H").returncode == 0
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and os.path.exists(f"/proc/{pid}"):
+            time.sleep(0.05)
+        assert not os.path.exists(f"/proc/{pid}")
+    finally:
+        if os.path.exists(f"/proc/{pid}"):
+            os.kill(pid, signal.SIGKILL)

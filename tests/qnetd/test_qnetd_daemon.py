@@ -236,3 +236,68 @@ async def test_tool_shutdown_and_cli(qnetd, shared_dir):
     r = tool(qnetd.sock, "-s")
     assert r.returncode == 3
     assert r.stderr == (ref / "tool-nodaemon-s.stderr").read_bytes()
+
+
+async def test_ipv6_client_address_and_ipc_limits(daemon_factory):
+    d = daemon_factory("-s", "off", "-6", "-S", "ipc_max_receive_size=1024")
+    c = QdeviceClient(await trio.open_tcp_stream("::1", d.port))
+    await c.start(1, [1], [1], RingId(1, 1))
+    assert await c.wait_vote() == A
+    assert re.search(rb"Client address:\t\t::1:\d+\n", tool(d.sock, "-l").stdout)
+
+    async def ipc(data: bytes, close_write: bool = True) -> bytes:
+        s = await trio.open_unix_socket(str(d.sock))
+        async with s:
+            await s.send_all(data)
+            if close_write:
+                await s.send_eof()
+            out = b""
+            with trio.fail_after(5):
+                while chunk := await s.receive_some(65536):
+                    out += chunk
+            return out
+
+    assert await ipc(b"status") == b""  # EOF before a newline: no answer
+    assert await ipc(b"x" * 2000 + b"\n") == b""  # longer than ipc_max_receive_size
+    assert await ipc(b"bogus arg\n") == b"Error\nUnknown command 'bogus'\n"
+    stuck = await trio.open_unix_socket(str(d.sock))  # unterminated: the server keeps waiting
+    await stuck.send_all(b"sta")
+    with trio.move_on_after(0.3) as cs:
+        await stuck.receive_some(10)
+    assert cs.cancelled_caught
+    await stuck.aclose()
+    r = tool(d.sock, "-s")
+    assert r.returncode == 0 and b"Connected clients:\t\t1\n" in r.stdout
+    await c.aclose()
+
+
+async def test_ipc_max_clients(daemon_factory):
+    d = daemon_factory("-s", "off", "-S", "ipc_max_clients=1")
+    first = await trio.open_unix_socket(str(d.sock))
+    await first.send_all(b"sta")  # holds the only IPC slot
+    second = await trio.open_unix_socket(str(d.sock))
+    with trio.fail_after(5):
+        assert await second.receive_some(10) == b""  # accepted and closed
+    await first.send_all(b"tus\n")
+    with trio.fail_after(5):
+        assert (await first.receive_some(100)).startswith(b"OK\nQNetd address:")
+    await first.aclose()
+    await second.aclose()
+
+
+async def test_send_queue_overflow_disconnects(tmp_path):
+    """The 33rd pending message for a client that does not read disconnects it."""
+    from corosync.exec.qnetd.daemon import Logger, QnetdDaemon, _Conn
+    from corosync.exec.qnetd.server import Close
+    from corosync.exec.qnetd.settings import Options
+
+    daemon = QnetdDaemon(Options(tls=0), Logger(0, False, use_syslog=False))
+    assert daemon.server.accept(1, "127.0.0.1:1", 0.0)
+    conn = _Conn(1, None, "127.0.0.1:1")
+    daemon.conns[1] = conn
+    for i in range(32):
+        daemon._queue(conn, P.build_echo_reply(P.build_echo_request(i)))
+    assert len(conn.outbox) == 32 and not conn.closed_by_core
+    daemon._queue(conn, P.build_echo_reply(P.build_echo_request(99)))
+    daemon._apply(daemon.server.take_actions())
+    assert conn.closed_by_core and 1 not in daemon.server.clients
