@@ -185,13 +185,16 @@ def test_ours_and_two_debian_nodes_form_one_stable_ring(lab):
 
 def test_udp_multicast_ring_with_debian_nodes(lab):
     """transport udp: multicast from port mcastport-1, tokens unicast (spec §1.4)."""
-    logs = {1: lab.start(1, ours=True, transport="udp"),
+    # Here ours is node 3, so a Debian node (1) is the ring representative.
+    logs = {1: lab.start(1, ours=False, transport="udp"),
             2: lab.start(2, ours=False, transport="udp"),
-            3: lab.start(3, ours=False, transport="udp")}
+            3: lab.start(3, ours=True, transport="udp")}
     all3 = (1, 2, 3)
     wait_for(lambda: all(view(logs[i]) == all3 for i in all3), 30,
              "udp ring of 1 (ours), 2, 3: " + ", ".join(f"n{i}={view(logs[i])}" for i in all3))
-    assert "Initializing transport (UDP/IP Multicast)." in logs[1].read_text()
+    assert "Initializing transport (UDP/IP Multicast)." in logs[3].read_text()
+    for i in (1, 2):
+        assert re.search(r"Members joined: [\d ]*\b3\b", logs[i].read_text())
     before = {i: logs[i].read_text().count("A new membership") for i in all3}
     deadline = time.monotonic() + 5  # > 2 failure-detection periods (token+consensus 2.2 s)
     while time.monotonic() < deadline:
@@ -200,4 +203,4 @@ def test_udp_multicast_ring_with_debian_nodes(lab):
     assert {i: logs[i].read_text().count("A new membership") for i in all3} == before
     lab.stop(2, signal.SIGKILL)
     wait_for(lambda: view(logs[1]) == (1, 3) and view(logs[3]) == (1, 3), 15,
-             "ours and n3 dropping the killed n2")
+             "ours (n3) and n1 dropping the killed n2")
