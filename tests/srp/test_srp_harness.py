@@ -140,6 +140,16 @@ class Cluster:
     def crash(self, nodeid: int) -> None:
         self.alive.discard(nodeid)
 
+    def restart(self, nodeid: int) -> None:
+        """A crashed node comes back as a fresh instance with its persisted ring seq."""
+        for kind in TimerKind:
+            key = (nodeid, kind)
+            self._timer_gen[key] = self._timer_gen.get(key, 0) + 1
+        seqs = self.persisted[nodeid]
+        self.nodes[nodeid] = Srp(nodeid, self.config, ring_seq=seqs[-1] if seqs else 0)
+        self.alive.add(nodeid)
+        self.apply(nodeid, self.nodes[nodeid].start(self.now))
+
     def partition(self, *groups: Iterable[int]) -> None:
         groups = [set(g) for g in groups]
         self.blocked = {(a, b) for g in groups for h in groups if g is not h
