@@ -307,6 +307,9 @@ class QnetdServer:
         if msg.cluster_name is None:
             self._error(client, msg, Err.DOESNT_CONTAIN_REQUIRED_OPTION)
             return
+        if client.cluster_name != msg.cluster_name:
+            # a certificate was checked against the old name only (upstream never re-checks)
+            client.cert_name_checked = False
         client.cluster_name = msg.cluster_name
         client.preinit_received = True
         self._send(client, P.build_preinit_reply(msg.seq, self.cfg.tls,

@@ -301,3 +301,31 @@ async def test_send_queue_overflow_disconnects(tmp_path):
     daemon._queue(conn, P.build_echo_reply(P.build_echo_request(99)))
     daemon._apply(daemon.server.take_actions())
     assert conn.closed_by_core and 1 not in daemon.server.clients
+
+
+async def test_many_clusters_and_clients(qnetd):
+    """20 lms clusters of 3 nodes connect at once; every client gets its ACK."""
+    clients = []
+
+    async def node(cluster: int, node_id: int) -> None:
+        c = await QdeviceClient.connect(qnetd.port)
+        clients.append(c)
+        ring = RingId(1, 0x10 + cluster)
+        await c.start(node_id, [1, 2, 3], [1, 2, 3], ring, algorithm=Algorithm.LMS,
+                      cluster=f"c{cluster}".encode())
+        votes = [(await c.recv(timeout=20)).vote for _ in range(3)]
+        assert votes == [Vote.NO_CHANGE, A, A]  # all on one ring: one partition, ACK
+
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        for cluster in range(20):
+            for node_id in (1, 2, 3):
+                nursery.start_soon(node, cluster, node_id)
+    elapsed = trio.current_time() - start
+    r = tool(qnetd.sock, "-s")
+    assert b"Connected clients:\t\t60\nConnected clusters:\t\t20\n" in r.stdout
+    listing = tool(qnetd.sock, "-l").stdout
+    assert listing.count(b"Cluster \"c") == 20 and listing.count(b"(ACK)") == 60
+    print(f"60 clients in 20 clusters up and voted in {elapsed:.2f}s")
+    for c in clients:
+        await c.aclose()

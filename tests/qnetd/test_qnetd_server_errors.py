@@ -219,6 +219,11 @@ def test_tls_required_and_cert_name_check():
     h.take(bad)
     h.send(bad, P.build_init(3, 2, 1, 8000, TieBreaker(), RingId(1, 1)))
     assert bad in h.closed and h.take(bad) == []
+    # a PREINIT renaming the cluster after the check forces a new check (upstream would not)
+    h.send(c, P.build_preinit(4, b"other"))
+    h.take(c)
+    h.send(c, P.build_echo_request(5))
+    assert c in h.closed
     off = Harness(tls=0)
     c = off.connect()
     off.send(c, P.build_preinit(1, b"lab"))
