@@ -40,6 +40,8 @@ class Cluster:
         self.now = 0
         self.nodes: dict[int, Srp] = {
             i: Srp(i, self.config, ring_seq=(ring_seqs or {}).get(i, 0)) for i in ids}
+        #: what receives the calls: the Srp itself, or a wrapper with the same surface
+        self.drivers: dict[int, object] = dict(self.nodes)
         self.alive: set[int] = set(ids)
         self.blocked: set[tuple[int, int]] = set()
         self.drop: Optional[DropFn] = None
@@ -83,7 +85,7 @@ class Cluster:
             elif isinstance(a, ConfChg):
                 self.confchgs[nodeid].append(a)
                 if a.kind == ConfChgKind.REGULAR and self.auto_trans_ack:
-                    self.apply(nodeid, self.nodes[nodeid].trans_ack(self.now))
+                    self.apply(nodeid, self.drivers[nodeid].trans_ack(self.now))
             elif isinstance(a, PersistRingSeq):
                 self.persisted[nodeid].append(a.seq)
             elif isinstance(a, Log):
@@ -100,7 +102,7 @@ class Cluster:
 
     def start(self, *ids: int) -> None:
         for i in ids or list(self.nodes):
-            self.apply(i, self.nodes[i].start(self.now))
+            self.apply(i, self.drivers[i].start(self.now))
 
     def send(self, nodeid: int, payload: bytes, guarantee: int = 0) -> None:
         self.apply(nodeid, self.nodes[nodeid].send(payload, guarantee, self.now))
@@ -114,11 +116,11 @@ class Cluster:
         if item[0] == "net":
             _, dst, data = item
             if dst in self.alive:
-                self.apply(dst, self.nodes[dst].receive(data, self.now))
+                self.apply(dst, self.drivers[dst].receive(data, self.now))
         else:
             _, nodeid, kind, gen = item
             if nodeid in self.alive and self._timer_gen.get((nodeid, kind)) == gen:
-                self.apply(nodeid, self.nodes[nodeid].timer_expired(kind, self.now))
+                self.apply(nodeid, self.drivers[nodeid].timer_expired(kind, self.now))
         return True
 
     def run_until(self, pred: Callable[[], bool], timeout: int = 60_000) -> bool:
@@ -147,6 +149,7 @@ class Cluster:
             self._timer_gen[key] = self._timer_gen.get(key, 0) + 1
         seqs = self.persisted[nodeid]
         self.nodes[nodeid] = Srp(nodeid, self.config, ring_seq=seqs[-1] if seqs else 0)
+        self.drivers[nodeid] = self.nodes[nodeid]
         self.alive.add(nodeid)
         self.apply(nodeid, self.nodes[nodeid].start(self.now))
 
