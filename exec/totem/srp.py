@@ -225,9 +225,11 @@ class Srp:
         self._loss_warn_phase = False
         self._last_token_rx: Optional[int] = None
         self._loss_armed_at = 0
+        self._now = 0
         self._drop_logged: dict[str, int] = {}
         self._tok_rx_times: deque[int] = deque(maxlen=_TOKEN_STATS)
         self._tok_backlogs: deque[int] = deque(maxlen=_TOKEN_STATS)
+        self._backlog_sum = 0
 
     # ------------------------------------------------------------------ public API
     @property
@@ -237,7 +239,7 @@ class Srp:
 
     def start(self, now: int) -> list[Action]:
         """Interface up: bump the persisted ring seq, then gather (§2.10)."""
-        prev = self._begin()
+        prev = self._begin(now)
         if not self._started and not self._left:
             self._started = True
             seq = (self._loaded_seq + 1) & U64
@@ -251,7 +253,7 @@ class Srp:
 
     def receive(self, data: bytes, now: int) -> list[Action]:
         """Handle one datagram.  Never raises: invalid input is counted and dropped."""
-        prev = self._begin()
+        prev = self._begin(now)
         if self._started and not self._left:
             try:
                 msg = decode(data)
@@ -262,7 +264,7 @@ class Srp:
         return self._end(prev)
 
     def timer_expired(self, kind: TimerKind, now: int) -> list[Action]:
-        prev = self._begin()
+        prev = self._begin(now)
         if kind in self._armed and not self._left:
             self._armed.discard(kind)
             handler = _TIMER_HANDLERS.get(kind)
@@ -279,7 +281,7 @@ class Srp:
             raise QueueFull(f"{len(queue)} messages queued")
         if self._left:
             return []  # after leave() nothing is sent any more
-        prev = self._begin()
+        prev = self._begin(now)
         if self._token_held and not self._in_token and self.state is MembState.OPERATIONAL:
             self._send_hold_cancel()
         queue.append((bytes(payload), int(guarantee)))
@@ -296,7 +298,7 @@ class Srp:
         Anything still waiting in the transitional queue goes first (it was produced by
         sync, which must precede application traffic), then the held application queue.
         """
-        prev = self._begin()
+        prev = self._begin(now)
         if self._waiting_trans_ack:
             self._waiting_trans_ack = False
             if self._trans_q:
@@ -306,7 +308,7 @@ class Srp:
 
     def leave(self, now: int) -> list[Action]:
         """Clean shutdown: multicast a LEAVE (§2.7) and go inert."""
-        prev = self._begin()
+        prev = self._begin(now)
         if self._started and not self._left:
             self._log(LogLevel.DEBUG, "sending join/leave message")
             self._set_add(self._failed, self.nodeid)
@@ -321,7 +323,9 @@ class Srp:
         return self._end(prev)
 
     # ------------------------------------------------------------------ plumbing
-    def _begin(self) -> list[Action]:
+    def _begin(self, now: int | None = None) -> list[Action]:
+        if now is not None:
+            self._now = now
         prev = self._out
         self._out = []
         return prev
@@ -354,7 +358,7 @@ class Srp:
             self._armed.discard(kind)
             self._out.append(CancelTimer(kind))
 
-    def _reset_token_timeout(self, now: int | None = None) -> None:
+    def _reset_token_timeout(self, now: int | None = None) -> None:  # noqa: ARG002
         """(Re)arm the token-loss timer.  The token *warning* (``token_warning`` % of
         ``token``) shares it: the timer first fires at the warning point, logs, and is
         re-armed for the rest — one timer kind, exact corosync timing."""
@@ -366,8 +370,7 @@ class Srp:
         else:
             self._loss_warn_phase = False
             self._start(TimerKind.TOKEN_LOSS, token)
-        if now is not None:
-            self._loss_armed_at = now
+        self._loss_armed_at = self._now
 
     def _cancel_token_timeout(self) -> None:
         self._loss_warn_phase = False
@@ -1015,8 +1018,11 @@ class Srp:
             cbl = len(self._trans_q if self._waiting_trans_ack else self._new_q)
         self._cbl = cbl
         backlogs = self._tok_backlogs
+        if len(backlogs) == _TOKEN_STATS:
+            self._backlog_sum -= backlogs[0]
         backlogs.append(cbl)
-        self.stats.avg_backlog_calc = sum(backlogs) // len(backlogs)
+        self._backlog_sum += cbl
+        self.stats.avg_backlog_calc = self._backlog_sum // len(backlogs)
         total = (token.backlog + cbl - self._pbl) & U32
         if total:
             share = ((cfg.window_size * self._pbl) & U32) // total
