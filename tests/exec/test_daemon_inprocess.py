@@ -11,6 +11,7 @@ import trio
 
 from conftest import node_config, pick_port
 
+from corosync.exec.cmap import CmapStore, CmapType
 from corosync.exec.config.model import load_config
 from corosync.exec.log import CorosyncLog
 from corosync.exec.node import Node
@@ -30,7 +31,9 @@ def build(tmp_path, port):
         cfg = load_config(str(d / "corosync.conf"), text=text, local_addrs=[ip])
         log = CorosyncLog(stderr=io.StringIO())
         log.configure(cfg.logging)
-        node = Node(cfg, log=log, transport=make_transport(cfg), cmap=None)
+        cmap = CmapStore()
+        cmap.load_config(cfg)
+        node = Node(cfg, log=log, transport=make_transport(cfg), cmap=cmap)
         nodes.append(node)
     return nodes
 
@@ -101,3 +104,28 @@ async def test_three_drivers_deliver_identical_order(tmp_path):
     for n in nodes:
         path = tmp_path / f"n{n.nodeid}" / "state" / f"ringid_{n.nodeid}"
         assert struct.unpack("=Q", path.read_bytes())[0] == ring.seq
+
+
+async def test_cmap_runtime_and_stats_keys(tmp_path):
+    port = pick_port(IPS)
+    nodes = build(tmp_path, port)
+    async with trio.open_nursery() as nursery:
+        for n in nodes:
+            await nursery.start(n.run)
+        await wait(lambda: all(n.members == (1, 2, 3) for n in nodes))
+        nodes[2].stop()
+        await wait(lambda: nodes[0].members == (1, 2))
+        nodes[0]._publish_stats()
+        cmap = nodes[0].cmap
+        for nid, ip in ((1, "127.0.0.1"), (2, "127.0.0.2"), (3, "127.0.0.3")):
+            assert cmap.get(f"runtime.members.{nid}.ip") == f"r(0) ip({ip}) "
+            assert cmap.get_type(f"runtime.members.{nid}.join_count") == CmapType.UINT32
+        assert cmap.get("runtime.members.3.status") == "left"
+        assert cmap.get("runtime.members.2.status") == "joined"
+        assert cmap.get("runtime.config.totem.token") == 300
+        assert cmap.get_type("stats.srp.orf_token_rx") == CmapType.UINT64
+        assert cmap.get("stats.srp.orf_token_rx") > 0
+        assert cmap.get("stats.srp.operational_entered") >= 2
+        assert cmap.get_type("stats.pg.msg_queue_avail") == CmapType.UINT32
+        for n in nodes[:2]:
+            n.stop()
