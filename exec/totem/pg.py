@@ -71,6 +71,20 @@ LOG_INTERVAL_MS = 10_000
 _U16 = struct.Struct("<H")
 
 
+def _pg_error_text(exc: WireError, sender: int, payload: bytes, swapped: bool) -> str:
+    """corosync's wording for a refused totempg packet (totempg_deliver_fn)."""
+    if exc.reason == "pg_bad_length":
+        order = ">" if swapped else "<"
+        (count,) = struct.unpack_from(order + "H", payload, 6)
+        expected = 8 + 2 * count + sum(struct.unpack_from(f"{order}{count}H", payload, 8))
+        return (f"Message (totempg_mcast) received from node {sender} doesn't have "
+                f"expected length of {expected} (has {len(payload)}) bytes...  Ignoring.")
+    if exc.reason == "pg_truncated":
+        return (f"Message (totempg_mcast) received from node {sender} is too short...  "
+                f"Ignoring.")
+    return f"Message (totempg_mcast) received from node {sender} is invalid ({exc})...  Ignoring."
+
+
 class SrpLike(Protocol):
     """What TotemPg needs from :class:`corosync.exec.totem.srp.Srp`."""
 
@@ -377,8 +391,8 @@ class TotemPg:
         try:
             pkt = decode_pg(d.payload, d.swapped)
         except WireError as exc:
-            self._drop(exc.reason, f"Message (totempg_mcast) received from node {sender} "
-                       f"is invalid ({exc})...  Ignoring.", out, now)
+            self._drop(exc.reason, _pg_error_text(exc, sender, d.payload, d.swapped), out,
+                       now)
             return
         stats.packets_rx += 1
         pieces = pkt.pieces

@@ -448,13 +448,23 @@ def test_malformed_packets_are_counted_logged_and_dropped(payload, reason):
     assert not [a for a in out if isinstance(a, PgDeliver)]
     assert rx.stats.dropped == {reason: 1}
     logs = [a for a in out if isinstance(a, Log)]
-    assert len(logs) == 1 and "4" in logs[0].message
+    assert len(logs) == 1 and "from node 4" in logs[0].message
     # rate-limited: the same reason again within 10 s logs nothing
     out = rx._process([Deliver(4, payload, RING, 0)], 2000)
     assert not [a for a in out if isinstance(a, Log)]
     assert rx.stats.dropped == {reason: 2}
     # and good traffic still flows
     assert feed(rx, 4, _pkt(0, 0, _m(b"fine"))) == [b"fine"]
+
+
+def test_drop_log_wording_matches_corosync():
+    rx = TotemPg(FakeSrp(9))
+    bad = struct.pack("<hhBBHH", 0, 0, 0, 0, 1, 10) + b"short"
+    out = rx._process([Deliver(4, bad, RING, 0), Deliver(5, b"\0\0", RING, 0)], 0)
+    assert [a.message for a in out] == [
+        "Message (totempg_mcast) received from node 4 doesn't have expected length of 20 "
+        "(has 15) bytes...  Ignoring.",
+        "Message (totempg_mcast) received from node 5 is too short...  Ignoring."]
 
 
 def test_reassembly_overflow_is_dropped_not_crashing():
