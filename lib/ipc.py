@@ -643,6 +643,7 @@ class IpcClient:
         self._control_path: str | None = None
         self._req_sock: socket.socket | None = None
         self._evt_sock: socket.socket | None = None
+        self._rxbuf: bytearray | None = None
 
     # -- connect -------------------------------------------------------------------------------
 
@@ -845,8 +846,12 @@ class IpcClient:
         p.register(sock, select.POLLIN)
         if not p.poll(int(timeout * 1000)):
             return None
+        if self._rxbuf is None:
+            # one reusable buffer: recv(max_msg_size) would allocate 1 MiB per datagram
+            self._rxbuf = bytearray(self.max_msg_size + 1)
         try:
-            return sock.recv(self.max_msg_size + 1)
+            n = sock.recv_into(self._rxbuf)
+            return bytes(memoryview(self._rxbuf)[:n])
         except (BlockingIOError, InterruptedError):
             return None
         except OSError as exc:

@@ -201,12 +201,15 @@ class SocketChannel:
             await trio.sleep(delay)
 
     async def receive(self, conn: "IpcConnection") -> None:
+        # reused receive buffer (one byte more than allowed, to detect oversized datagrams)
+        self._rxbuf = bytearray(self.max_msg_size + 1)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch_setup)
             while True:
                 await trio.lowlevel.wait_readable(self.request_sock)
                 try:
-                    data, sender = self.request_sock.recvfrom(self.max_msg_size + 1)
+                    n, sender = self.request_sock.recvfrom_into(self._rxbuf)
+                    data = bytes(memoryview(self._rxbuf)[:n])
                 except (BlockingIOError, InterruptedError):
                     continue
                 except OSError as exc:
@@ -329,6 +332,8 @@ class IpcConnection:
                 if self.channel.try_send_event(message):
                     self.events_sent += 1
                     stats.events += 1
+                    if self.channel.has_backlog():
+                        self._wake.set()   # notification bytes owed: the flusher sends them
                     return True
             except Disconnect as exc:
                 self.close(str(exc))

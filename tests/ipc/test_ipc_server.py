@@ -79,9 +79,16 @@ async def test_events_in_order_and_backlog_drains(ipc_type: str) -> None:
                     assert ev is not None and ev[0] == 8 and len(ev[2]) == size
                     assert int.from_bytes(ev[2][:4], "little") == i
                 assert c.recv_event(0) is None
+                # many small events: they all fit the ring, but one notification byte each
+                # overflows the setup socket's send buffer; the owed bytes must follow
+                assert c.request(3, b"3000:64", timeout=5)[2] == b"3000"
+                for i in range(3000):
+                    ev = c.recv_event(5)
+                    assert ev is not None and int.from_bytes(ev[2][:4], "little") == i
+                assert c.recv_event(0) is None
 
         await RUN(client)
-        assert srv.stats.events == 401
+        assert srv.stats.events == 3401
         assert srv.stats.events_queued > 0   # the backlog path was exercised
         n.cancel_scope.cancel()
 
