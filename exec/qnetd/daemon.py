@@ -438,6 +438,7 @@ class QnetdDaemon:
     async def _serve_ipc(self, stream: trio.SocketStream) -> None:
         adv = self.opts.advanced
         shutdown = False
+        counted = True
         try:
             buf = bytearray()
             while True:
@@ -450,12 +451,17 @@ class QnetdDaemon:
                 if b"\n" in chunk:
                     break
             reply = handle_request(bytes(buf), self.server, self.status_info, adv.ipc_max_send_size)
+            # the slot is free once the request is answered: a client that has read its
+            # reply never finds its own connection still counted
+            self._ipc_clients -= 1
+            counted = False
             await stream.send_all(reply.data)
             shutdown = reply.shutdown
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
         finally:
-            self._ipc_clients -= 1
+            if counted:
+                self._ipc_clients -= 1
             with trio.CancelScope(shield=True):
                 try:
                     await stream.aclose()
