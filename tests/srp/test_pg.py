@@ -818,3 +818,16 @@ def test_property_interleaved_senders_keep_per_sender_order(plan, rnd):
         for d in rx._process([Deliver(s, streams[s].pop(0), RING, 0)], 0):
             got[d.sender].append(d.message)
     assert got == expect
+
+
+def test_mixed_group_headers_in_one_packet():
+    pg = TotemPg(FakeSrp(1))
+    plan = [([b"a"], b"1"), ([b"sync"], b"2"), ([b"sync"], b"3"), ([b"a"], b"4"),
+            ([b"a", b"b"], b"5"), ([b""], b"6"), ([b"syncx"], b"7"), ([b"a"], b"")]
+    for groups, m in plan:
+        pg.mcast(groups, m, Guarantee.AGREED, 0)
+    pg.srp.token()
+    [(pkt, _)] = pg.srp.log
+    rx = TotemPg(FakeSrp(2))
+    out = rx._process([Deliver(1, pkt, RING, 0)], 0)
+    assert [(d.groups, d.message) for d in out] == [(tuple(g), m) for g, m in plan]
