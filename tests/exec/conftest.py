@@ -21,6 +21,11 @@ from typing import Callable, Iterable
 
 import pytest
 
+# Test modules import these helpers as ``exec_testlib``: the plain name ``conftest`` is
+# shared by every test directory's conftest, so ``from conftest import …`` would resolve to
+# whichever was loaded last (e.g. at run time from inside a test function).
+sys.modules.setdefault("exec_testlib", sys.modules[__name__])
+
 MEMBERSHIP_RE = re.compile(r"A new membership \((\w+)\.(\w+)\) was formed\. Members(.*)$")
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 import socket
 
-from conftest import wait_until
+from exec_testlib import wait_until
 
 from corosync.exec.totem.pcap import read_udp
 

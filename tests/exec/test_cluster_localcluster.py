@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import Daemon, pick_port, wait_until
+from exec_testlib import Daemon, pick_port, wait_until
 
 
 def lc(d, *args, check=True):

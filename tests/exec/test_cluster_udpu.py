@@ -12,7 +12,7 @@ import struct
 
 import pytest
 
-from conftest import wait_until
+from exec_testlib import Cluster, pick_port, wait_until
 
 FAILOVER_DEADLINE = 6.0  # s; token 0.3 + consensus 0.36 + Python start/CI slack
 
@@ -124,8 +124,6 @@ def test_ipv6_single_node_on_loopback(cluster_factory):
 
 
 def test_node_address_given_as_a_host_name(tmp_path):
-    from conftest import Cluster, pick_port
-
     c = Cluster(tmp_path, [(1, "localhost")], pick_port(), totem_extra="    ip_version: ipv4\n")
     c[1].env_extra["COROSYNC_LOCAL_ADDRS"] = "127.0.0.1"
     try:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import node_config, pick_port, wait_until
+from exec_testlib import node_config, pick_port, wait_until
 
 CMD = [sys.executable, "-m", "corosync.exec.main"]
 STAMP = re.compile(r"^[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d\.\d{3} ", re.M)

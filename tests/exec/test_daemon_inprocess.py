@@ -9,7 +9,7 @@ import struct
 
 import trio
 
-from conftest import node_config, pick_port
+from exec_testlib import node_config, pick_port
 
 from corosync.exec.cmap import CmapStore, CmapType
 from corosync.exec.config.model import load_config
