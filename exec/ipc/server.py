@@ -15,6 +15,8 @@ import itertools
 import logging
 import mmap
 import os
+import re
+import shutil
 import socket
 import stat
 import tempfile
@@ -410,6 +412,46 @@ class IpcServer:
                 self.stats.handler_errors += 1
                 self.log_limited(LogLevel.ERROR, f"disconnect:{self.service}",
                                  f"{self.service}: on_disconnect failed: {exc!r}")
+
+
+_CONN_DIR = re.compile(r"^qb-(\d+)-(\d+)-(\d+)-")
+
+
+def remove_stale_dirs(shm_dir: str = SHM_DIR, *, server_pid: int | None = None) -> int:
+    """Remove connection directories (``qb-<server pid>-<client pid>-<fd>-*``) left by a
+    server that died without cleaning up; returns how many were removed.
+
+    With ``server_pid`` (e.g. the pid in a stale corosync.pid) only that server's
+    directories go; otherwise every directory whose server pid no longer exists.  Caveat of
+    the second form: a server in another pid namespace sharing this /dev/shm looks dead.
+    Our own pid is never touched.
+    """
+    removed = 0
+    try:
+        entries = os.listdir(shm_dir)
+    except OSError:
+        return 0
+    for entry in entries:
+        m = _CONN_DIR.match(entry)
+        if m is None:
+            continue
+        pid = int(m.group(1))
+        if pid == os.getpid() or (server_pid is not None and pid != server_pid):
+            continue
+        if server_pid is None:
+            try:
+                os.kill(pid, 0)
+                continue          # alive (or not ours to signal): leave it
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue
+        path = os.path.join(shm_dir, entry)
+        if os.path.islink(path) or not os.path.isdir(path):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed += not os.path.exists(path)
+    return removed
 
 
 def _size_buffers(sock: socket.socket, size: int) -> None:

@@ -26,8 +26,9 @@ class Service:
     4 never answered, 5 raise (service bug), 6 deferred: answered by the test via `pending`.
     """
 
-    def __init__(self, accept: bool = True) -> None:
+    def __init__(self, accept: bool = True, fc_on_connect: int = 0) -> None:
         self.accept = accept
+        self.fc_on_connect = fc_on_connect
         self.connected: list[IpcConnection] = []
         self.disconnected: list[IpcConnection] = []
         self.requests: list[tuple[int, int]] = []
@@ -40,6 +41,8 @@ class Service:
 
     def on_connect(self, conn: IpcConnection) -> bool:
         self.connected.append(conn)
+        if self.fc_on_connect:
+            conn.set_flow_control(self.fc_on_connect)
         self._poke()
         return self.accept
 

@@ -72,6 +72,9 @@ def main() -> None:
             seqs.append(int.from_bytes(buf.raw[24:28], "little"))
         out["flood_in_order"] = seqs == list(range(300))
         out["no_more"] = qb.qb_ipcc_event_recv(conn, buf, MAX, 0)
+    elif scenario == "fc":
+        msg = struct.pack("<i4xi4x", 1, 16)
+        out["send"] = qb.qb_ipcc_send(conn, msg, len(msg))
     qb.qb_ipcc_disconnect(conn)
     print(json.dumps(out))
 

@@ -66,3 +66,13 @@ async def test_libqb_client_sees_our_refusal() -> None:
         srv.ready = False
         assert await _run(srv.service, "echo") == {"connect_errno": errno.EAGAIN}
         n.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("ipc_type", ["shm", "socket"])
+async def test_libqb_client_honours_flow_control(ipc_type: str) -> None:
+    svc = Service(fc_on_connect=1)
+    async with trio.open_nursery() as n:
+        srv = await start_server(n, svc, ipc_type=ipc_type)
+        out = await _run(srv.service, "fc")
+        assert out["send"] == -errno.EAGAIN and svc.requests == []
+        n.cancel_scope.cancel()

@@ -378,3 +378,42 @@ async def test_large_max_msg_size_negotiation() -> None:
         assert c.max_msg_size == DEFAULT_MAX_MSG_SIZE
         c.close()
         n.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("ipc_type", TYPES)
+async def test_flow_control_word(ipc_type: str) -> None:
+    """conn.set_flow_control publishes libqb's request flow-control word: 1 refuses every
+    client send (EAGAIN -> CS_ERR_TRY_AGAIN), 2 only CPG mcast (clients pass fc_enable_max=2)."""
+    svc = Service()
+    async with trio.open_nursery() as n:
+        srv = await start_server(n, svc, ipc_type=ipc_type)
+        c = await RUN(lambda: IpcClient.connect(srv.service))
+        conn = svc.connected[0]
+        conn.set_flow_control(1)
+        with pytest.raises(IpcError) as exc:
+            await RUN(lambda: c.request(1, b"", 5))
+        assert exc.value.errno == errno.EAGAIN and exc.value.cs_error == CsError.TRY_AGAIN
+        conn.set_flow_control(2)
+        assert await RUN(lambda: c.request(1, b"a", 5)) == (101, CsError.OK, b"a")
+        with pytest.raises(IpcError):
+            await RUN(lambda: c.send(b"\x02\0\0\0\0\0\0\0\x18\0\0\0\0\0\0\0" + bytes(8),
+                                     fc_enable_max=2))
+        conn.set_flow_control(0)
+        assert await RUN(lambda: c.request(1, b"b", 5)) == (101, CsError.OK, b"b")
+        c.close()
+        n.cancel_scope.cancel()
+
+
+def test_remove_stale_dirs(tmp_path) -> None:
+    from corosync.exec.ipc import remove_stale_dirs
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()                                        # a pid that no longer exists
+    for name in (f"qb-{dead.pid}-1-2-abc", f"qb-{os.getpid()}-1-2-mine",
+                 f"qb-{os.getppid()}-1-2-alive", "unrelated"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "qb-request-cmap-header").write_bytes(b"x")
+    assert remove_stale_dirs(str(tmp_path)) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [f"qb-{os.getpid()}-1-2-mine", f"qb-{os.getppid()}-1-2-alive", "unrelated"])
+    assert remove_stale_dirs(str(tmp_path), server_pid=os.getppid()) == 1
+    assert remove_stale_dirs(str(tmp_path / "missing")) == 0
