@@ -156,6 +156,8 @@ class Srp:
         self.nodeid = nodeid
         self.config = config
         self.stats = SrpStats()
+        #: config.send_queue_max is a computed property; queue_space() is on the hot path
+        self._queue_max = config.send_queue_max
         self.token_received_hook: Optional[Callable[[], None]] = None
         self.state = MembState.OPERATIONAL  # as corosync: start() moves to GATHER
         self._loaded_seq = ring_seq & U64
@@ -277,7 +279,7 @@ class Srp:
         if len(payload) > MAX_PAYLOAD:
             raise ValueError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
         queue = self._trans_q if self._waiting_trans_ack else self._new_q
-        if len(queue) >= self.config.send_queue_max:
+        if len(queue) >= self._queue_max:
             raise QueueFull(f"{len(queue)} messages queued")
         if self._left:
             return []  # after leave() nothing is sent any more
@@ -289,8 +291,8 @@ class Srp:
         return self._end(prev)
 
     def queue_space(self) -> int:
-        queue = self._trans_q if self._waiting_trans_ack else self._new_q
-        return max(0, self.config.send_queue_max - len(queue))
+        free = self._queue_max - len(self._trans_q if self._waiting_trans_ack else self._new_q)
+        return free if free > 0 else 0
 
     def trans_ack(self, now: int) -> list[Action]:
         """Sync finished: release the messages held back since the configuration change.
