@@ -1,0 +1,329 @@
+"""The service host: services + sync engine behind one sans-IO object the daemon embeds.
+
+The driver (exec/node.py in the daemon, or a test/simulator harness) owns Totem.  It feeds
+the host
+
+* every configuration change: :meth:`ServiceHost.on_confchg` (transitional *and* regular);
+* every delivered totempg message: :meth:`ServiceHost.on_deliver` (groups ``a`` and
+  ``sync``; others are ignored);
+
+and the host calls back
+
+* ``mcast(group, message, guarantee)`` to send (it may raise — e.g. ``QueueFull`` — when
+  the Totem queue cannot take the message; the host then retries or refuses politely);
+* ``send_ok(nbytes)`` to ask whether a message of that size fits the queue now (flow
+  control of IPC requests, as ``corosync_sending_allowed`` does);
+* ``trans_ack()`` once sync completed (Totem may then release application traffic queued
+  during the membership change, §3.9);
+* ``log(level, subsys, text)`` and ``shutdown(reason)``.
+
+:attr:`ServiceHost.ipc_handlers` maps the IPC service names (``cmap``, ``cpg``) to objects
+with ``on_connect``/``on_request``/``on_disconnect`` — the exec/ipc server's handler
+protocol.  While a sync runs (and from start-up until the first sync completed) requests
+that need the ring (corosync's ``CS_LIB_FLOW_CONTROL_REQUIRED``) are answered with the
+generic 24-byte CS_ERR_TRY_AGAIN response, or — CPG MCAST, which is never answered —
+dropped and counted, and every connection's libqb flow-control word is set to 2.
+
+Bad input never raises out of the host: malformed exec messages are dropped and counted in
+:attr:`HostStats.dropped` (by reason), logged at most once per power-of-two occurrence.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any, Callable, Iterable
+
+from attrs import define, field
+
+from .cmap import CmapStore
+from .service import (REQ_HEADER, SERVICES_COUNT_MAX, CsError, LibHandler, Malformed,
+                      SendFailed, Service, ServiceId)
+from .sync import COMPLETED_LOG, SyncEngine
+from .totem.events import ConfChg, ConfChgKind, Guarantee, LogLevel, PgDeliver
+from .totem.wire import RingId
+
+GROUP_A = b"a"
+GROUP_SYNC = b"sync"
+FC_OFF, FC_SYNC = 0, 2
+
+LogFn = Callable[[LogLevel, str, str], None]
+
+
+@define
+class HostStats:
+    exec_rx: int = 0
+    exec_tx: int = 0
+    send_failed: int = 0
+    ipc_requests: int = 0
+    ipc_try_again: int = 0
+    ipc_dropped: int = 0
+    dropped: dict[str, int] = field(factory=dict)
+
+
+class _Api:
+    """The :class:`~corosync.exec.service.ServiceApi` one service sees."""
+
+    def __init__(self, host: ServiceHost) -> None:
+        self._host = host
+        self.nodeid = host.nodeid
+        self.cmap = host.cmap
+
+    def mcast(self, message: bytes, guarantee: Guarantee = Guarantee.AGREED) -> None:
+        self._host._send(GROUP_A, message, guarantee)
+
+    def send_ok(self, nbytes: int) -> bool:
+        return self._host.send_ok(nbytes)
+
+    def log(self, level: LogLevel, message: str, subsys: str = "MAIN") -> None:
+        self._host.log(level, subsys, message)
+
+    def log_limited(self, level: LogLevel, key: str, message: str, subsys: str = "MAIN") -> None:
+        self._host.log_limited(level, subsys, key, message)
+
+    def shutdown_request(self, reason: str) -> None:
+        self._host.shutdown(reason)
+
+
+class ServiceIpcHandler:
+    """One service's IPC entry points (exec/ipc ``IpcHandler`` protocol)."""
+
+    def __init__(self, host: ServiceHost, service: Service) -> None:
+        self.host = host
+        self.service = service
+        self.conns: list[Any] = []
+
+    def on_connect(self, conn: Any) -> bool:
+        self.conns.append(conn)
+        self.service.lib_init(conn)
+        if self.host.sync_in_process:
+            _set_fc(conn, FC_SYNC)
+        return True
+
+    def on_request(self, conn: Any, msg_id: int, payload: bytes) -> None:
+        host = self.host
+        host.stats.ipc_requests += 1
+        handler: LibHandler | None = self.service.lib_handlers.get(msg_id)
+        if handler is None:
+            host.count("ipc_unknown_request",
+                       f"{self.service.ipc_name}: unknown request id {msg_id}")
+            conn.send_response(0, b"", CsError.ERR_INVALID_PARAM)
+            return
+        if handler.flow_control and (host.sync_in_process
+                                     or not host.send_ok(REQ_HEADER.size + len(payload))):
+            if handler.answered:
+                host.stats.ipc_try_again += 1
+                conn.send_response(0, b"", CsError.ERR_TRY_AGAIN)
+            else:
+                host.stats.ipc_dropped += 1
+                host.log_limited(LogLevel.WARNING, "MAIN", "ipc:async_dropped",
+                                 f"{self.service.ipc_name} request {msg_id} dropped: "
+                                 f"{'sync in progress' if host.sync_in_process else 'queue full'}")
+            return
+        try:
+            handler.fn(conn, payload)
+        except (Malformed, struct.error) as exc:
+            host.count("ipc_malformed", f"{self.service.ipc_name}: malformed request "
+                                        f"{msg_id} from pid {getattr(conn, 'pid', '?')}: {exc}")
+            if handler.answered:
+                conn.send_response(0, b"", CsError.ERR_INVALID_PARAM)
+
+    def on_disconnect(self, conn: Any) -> None:
+        if conn in self.conns:
+            self.conns.remove(conn)
+        self.service.lib_exit(conn)
+
+
+def _set_fc(conn: Any, level: int) -> None:
+    fn = getattr(conn, "set_flow_control", None)
+    if fn is not None:
+        fn(level)
+
+
+def default_services() -> list[type[Service]]:
+    from corosync.services.cmap import CmapService
+    from corosync.services.cpg import CpgService
+
+    return [CmapService, CpgService]
+
+
+class ServiceHost:
+    """Services, sync and IPC entry points of one node (module docstring)."""
+
+    def __init__(self, nodeid: int, cmap: CmapStore,
+                 mcast: Callable[[bytes, bytes, Guarantee], None], *,
+                 send_ok: Callable[[int], bool] | None = None,
+                 trans_ack: Callable[[], None] | None = None,
+                 log: LogFn | None = None,
+                 shutdown: Callable[[str], None] | None = None,
+                 services: Iterable[Callable[[Any], Service]] | None = None,
+                 stats_cmap: CmapStore | None = None,
+                 log_sync_completed: bool = True) -> None:
+        self.nodeid = nodeid
+        self.cmap = cmap
+        self._mcast = mcast
+        self._send_ok = send_ok
+        self._trans_ack = trans_ack
+        self._log = log
+        self._shutdown = shutdown
+        self.log_sync_completed = log_sync_completed
+        self.stats = HostStats()
+        self.sync_in_process = True  # corosync starts "in sync" until the first one ends
+        self.members: tuple[int, ...] = ()
+        self.ring_id: RingId | None = None
+        self.shutdown_requested: str | None = None
+        self.services: dict[int, Service] = {}
+        api = _Api(self)
+        for factory in (services if services is not None else default_services()):
+            if stats_cmap is not None and getattr(factory, "id", None) == ServiceId.CMAP:
+                svc = factory(api, stats_cmap)  # type: ignore[call-arg]
+            else:
+                svc = factory(api)
+            if not 0 <= svc.id < SERVICES_COUNT_MAX or svc.id in self.services:
+                raise ValueError(f"bad or duplicate service id {svc.id}")
+            self.services[svc.id] = svc
+        self.sync = SyncEngine({sid: _SyncAdapter(s) for sid, s in self.services.items()
+                                if s.sync},
+                               send=lambda m: self._send(GROUP_SYNC, m, Guarantee.AGREED),
+                               completed=self._sync_completed,
+                               log=lambda level, text: self.log(level, "SYNC", text))
+        self.ipc_handlers: dict[str, ServiceIpcHandler] = {
+            s.ipc_name: ServiceIpcHandler(self, s) for s in self.services.values() if s.ipc_name}
+        self._log_counts: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ callbacks out
+    def _send(self, group: bytes, message: bytes, guarantee: Guarantee) -> None:
+        try:
+            self._mcast(group, message, guarantee)
+        except Exception as exc:
+            self.stats.send_failed += 1
+            raise SendFailed(repr(exc)) from exc
+        self.stats.exec_tx += 1
+
+    def send_ok(self, nbytes: int) -> bool:
+        return True if self._send_ok is None else bool(self._send_ok(nbytes))
+
+    def log(self, level: LogLevel, subsys: str, text: str) -> None:
+        if self._log is not None:
+            self._log(level, subsys, text)
+
+    def log_limited(self, level: LogLevel, subsys: str, key: str, text: str) -> None:
+        """Log the 1st, 2nd, 4th, 8th … occurrence of ``key`` (deterministic, no clock)."""
+        n = self._log_counts.get(key, 0) + 1
+        self._log_counts[key] = n
+        if n & (n - 1) == 0:
+            self.log(level, subsys, text if n == 1 else f"{text} ({n} times)")
+
+    def count(self, reason: str, text: str) -> None:
+        self.stats.dropped[reason] = self.stats.dropped.get(reason, 0) + 1
+        self.log_limited(LogLevel.WARNING, "MAIN", reason, text)
+
+    def shutdown(self, reason: str) -> None:
+        self.shutdown_requested = reason
+        if self._shutdown is not None:
+            self._shutdown(reason)
+
+    # ------------------------------------------------------------------ inputs
+    def on_confchg(self, chg: ConfChg) -> None:
+        """A transitional or regular configuration (main.c ``confchg_fn``)."""
+        abort = self.sync_in_process
+        self._set_sync_in_process(True)
+        for svc in self.services.values():
+            svc.confchg(chg.kind, chg.members, chg.left, chg.joined, chg.ring_id)
+        if abort:
+            self.sync.abort()
+        if chg.kind == ConfChgKind.TRANSITIONAL:
+            self.sync.save_transitional(chg.members)
+        else:
+            self.members = tuple(chg.members)
+            self.ring_id = chg.ring_id
+            self.sync.start(chg.members, chg.ring_id)
+
+    def on_deliver(self, d: PgDeliver) -> None:
+        """One totempg message in agreed order."""
+        groups = d.groups
+        if GROUP_SYNC in groups:
+            self.sync.deliver(d.sender, d.message)
+        if GROUP_A in groups:
+            self._dispatch(d.sender, d.message, d.swapped)
+        self.pump()
+
+    def pump(self) -> None:
+        """Retry work refused earlier by a full queue (sync messages, dead clients' leaves).
+        Called after every delivery; a driver may also call it when the token moved."""
+        self.sync.pump()
+        for svc in self.services.values():
+            pump = getattr(svc, "pump", None)
+            if pump is not None:
+                pump()
+
+    def exec_exit(self) -> None:
+        for svc in self.services.values():
+            svc.exec_exit()
+
+    # ------------------------------------------------------------------ internals
+    def _dispatch(self, sender: int, msg: bytes, swapped: bool) -> None:
+        if len(msg) < REQ_HEADER.size:
+            self.count("exec_short", f"exec message of {len(msg)} bytes from node {sender}")
+            return
+        (raw_id,) = struct.unpack_from(">I" if swapped else "<I", msg, 0)
+        service, fn = raw_id >> 16, raw_id & 0xFFFF
+        svc = self.services.get(service)
+        if svc is None:
+            key = "exec_bad_service" if service >= SERVICES_COUNT_MAX else "exec_other_service"
+            self.stats.dropped[key] = self.stats.dropped.get(key, 0) + 1
+            return
+        if fn >= len(svc.exec_handlers):
+            self.count("exec_unknown_fn", f"discarded unknown message {fn} for service "
+                                          f"{service} (max id {len(svc.exec_handlers)})")
+            return
+        handler = svc.exec_handlers[fn]
+        self.stats.exec_rx += 1
+        try:
+            if swapped:
+                if handler.swap is None:
+                    self.count("exec_unswappable", f"byte-swapped message {fn} for service "
+                                                   f"{service} from node {sender} dropped")
+                    return
+                msg = handler.swap(msg)
+            handler.fn(msg, sender)
+        except (Malformed, struct.error, ValueError) as exc:
+            reason = exc.reason if isinstance(exc, Malformed) else "exec_malformed"
+            self.count(reason, f"dropped malformed exec message {service}:{fn} "
+                               f"from node {sender}: {exc}")
+
+    def _set_sync_in_process(self, value: bool) -> None:
+        if self.sync_in_process == value:
+            return
+        self.sync_in_process = value
+        level = FC_SYNC if value else FC_OFF
+        for handler in self.ipc_handlers.values():
+            for conn in handler.conns:
+                _set_fc(conn, level)
+
+    def _sync_completed(self) -> None:
+        if self.log_sync_completed:
+            self.log(LogLevel.NOTICE, "MAIN", COMPLETED_LOG)
+        self._set_sync_in_process(False)
+        if self._trans_ack is not None:
+            self._trans_ack()
+
+
+class _SyncAdapter:
+    """A service as the sync engine sees it."""
+
+    def __init__(self, svc: Service) -> None:
+        self.svc = svc
+        self.name = svc.name
+
+    def sync_init(self, trans_list: tuple[int, ...], member_list: tuple[int, ...],
+                  ring_id: RingId) -> None:
+        self.svc.sync_init(trans_list, member_list, ring_id)
+
+    def sync_process(self) -> bool:
+        return self.svc.sync_process()
+
+    def sync_activate(self) -> None:
+        self.svc.sync_activate()
+
+    def sync_abort(self) -> None:
+        self.svc.sync_abort()
