@@ -7,17 +7,16 @@ surface (every call returns ``list[Action]``), except that applications multicas
 the real nodes' rules are those of ``shared/spec/totem-wire.md`` §4.
 
 Sender
-    A totempg message is ``group header + payload``.  A message that fits into the packing
-    buffer with at least two bytes to spare is buffered; the buffer is flushed as one packet
-    when the ORF token arrives (Srp calls :attr:`Srp.token_received_hook` right before it
-    sends new messages).  A message that does not fit fills the buffer up to
-    ``config.pg_max_packet`` bytes of (lengths + data), which is sent at once with a
-    fragment id in ``fragmented``, and the rest follows immediately in single-piece packets
-    chained by ``continuation``.  Unlike corosync, the *tail* of a fragmented message is
-    never left in the buffer: all packets of a message are queued by the one
-    :meth:`~TotemPg.mcast` call, so a message is queued all-or-nothing and never straddles
-    a token visit or a switch of Srp's send queue (§3.9).  Corosync itself does the same
-    for the usual case (payload iovec larger than a packet).
+    A totempg message is ``group header + payload``.  corosync's packing rules (§4.2): a
+    message (or the rest of one) that fits into the packing buffer with at least two bytes
+    to spare is buffered; the buffer is flushed as one packet when the ORF token arrives
+    (Srp calls its ``token_received_hook`` right before it sends new messages).  A message
+    that does not fit fills the buffer to ``config.pg_max_packet`` bytes of (lengths +
+    data), which is sent at once with a fragment id in ``fragmented``; the next packet
+    continues it (``continuation`` = that id).  With these rules our packets are byte for
+    byte those of the real nodes (tests replay the shared captures).  A message is
+    accepted all-or-nothing: :meth:`TotemPg.mcast` first checks that Srp's queue has a
+    slot for every packet the message makes the packer emit now.
 
 Receiver
     Reassembly per sender nodeid with the real nodes' state machine (§4.3), including the
@@ -45,15 +44,8 @@ from .events import (
     PgDeliver,
     TimerKind,
 )
+from .srp import QueueFull  # re-exported: one exception class for both layers
 from .wire import WireError, decode_groups, decode_pg, encode_groups, encode_pg
-
-try:  # the real exception, once Srp exists; one class for both layers
-    from .srp import QueueFull
-except ImportError:  # pragma: no cover - only before srp.py landed
-
-    class QueueFull(Exception):  # type: ignore[no-redef]
-        """The send queue cannot take the message now; retry after the token moved."""
-
 
 if TYPE_CHECKING:
     from .config import TotemConfig
@@ -67,9 +59,6 @@ MESSAGE_SIZE_MAX = 1024 * 1024
 REASSEMBLY_MAX = MESSAGE_SIZE_MAX + 65536
 #: At most one Log action per drop reason per this many ms of ``now``.
 LOG_INTERVAL_MS = 10_000
-
-_U16 = struct.Struct("<H")
-
 
 def _pg_error_text(exc: WireError, sender: int, payload: bytes, swapped: bool) -> str:
     """corosync's wording for a refused totempg packet (totempg_deliver_fn)."""

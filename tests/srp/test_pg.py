@@ -9,7 +9,6 @@ totempg's own rules from the ordering protocol.
 from __future__ import annotations
 
 import struct
-import timeit
 
 import pytest
 from hypothesis import HealthCheck, given, settings
