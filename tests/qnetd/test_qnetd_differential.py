@@ -233,8 +233,63 @@ async def sc_2nodelms_lms(s: Session) -> None:
     await s.send(ls[0], P.build_heuristics_change(7, H.PASS))
 
 
+def random_scenario(seed: int):
+    """A seeded random session: 2-4 nodes of one cluster, one algorithm, random lists, rings,
+    heuristics, vote requests and departures (always after a config list: with none the stock
+    ffsplit crashes, spec 7.2).  Heartbeat 120000 ms keeps lms timers out of the run."""
+    import random
+
+    async def scenario(s: Session) -> None:
+        rnd = random.Random(seed)  # fresh per run: both daemons get the same session
+        algo = rnd.choice([Algorithm.FFSPLIT, Algorithm.FFSPLIT, Algorithm.TWO_NODE_LMS,
+                           Algorithm.LMS, Algorithm.TEST])
+        n = 2 if algo == Algorithm.TWO_NODE_LMS else rnd.randint(2, 4)
+        tb = rnd.choice([TieBreaker(1), TieBreaker(2), TieBreaker(3, rnd.randint(1, n))])
+        name = f"r{seed}".encode()
+        ids = list(range(1, n + 1))
+        cs, seq, ring = [], {}, RingId(1, 0x10)
+        for i in ids:
+            c = await s.connect()
+            await s.send(c, P.build_preinit(1, name))
+            await s.send(c, P.build_init(2, i, algo, 120000, tb, ring))
+            await s.send(c, P.build_set_option(3, kap=rnd.choice([0, 1])))
+            await s.send(c, P.build_node_list(4, 0, nodes(*ids)))
+            cs.append(c)
+            seq[c] = 4
+        alive = {c: i for c, i in zip(cs, ids)}
+        for _ in range(25):
+            c = rnd.choice(list(alive))
+            seq[c] += 1
+            k = rnd.random()
+            if k < 0.35:
+                members = sorted(rnd.sample(ids, rnd.randint(1, n)))
+                if alive[c] not in members and rnd.random() < 0.8:
+                    members = sorted(members + [alive[c]])
+                r = RingId(min(members), rnd.randint(0x11, 0x16))
+                await s.send(c, P.build_node_list(seq[c], 2, nodes(*members), ring=r,
+                                                  heuristics=rnd.choice([0, 0, 1, 2])))
+            elif k < 0.5:
+                await s.send(c, P.build_node_list(seq[c], 3, [NodeInfo(alive[c], 0, 1)],
+                                                  quorate=rnd.choice([0, 1])))
+            elif k < 0.65:
+                await s.send(c, P.build_heuristics_change(seq[c], rnd.choice([1, 2])))
+            elif k < 0.75:
+                await s.send(c, P.build_ask_for_vote(seq[c]))
+            elif k < 0.85:
+                cfg = sorted(rnd.sample(ids + [n + 1], rnd.randint(1, n + 1)))
+                await s.send(c, P.build_node_list(seq[c], 1, nodes(*cfg)))
+            elif k < 0.9 and len(alive) > 1:
+                await s.close(c)
+                del alive[c]
+            else:
+                await s.send(c, P.build_echo_request(seq[c]))
+
+    return scenario
+
+
 SCENARIOS = {"errors": sc_errors, "ffsplit-4": sc_ffsplit_4, "ffsplit-2-kap": sc_ffsplit_2_kap,
-             "2nodelms-lms": sc_2nodelms_lms}
+             "2nodelms-lms": sc_2nodelms_lms,
+             **{f"random-{seed}": random_scenario(seed) for seed in range(int(os.environ.get("QNETD_DIFF_SEEDS", "12")))}}
 
 
 def _tool(binary, sock, *args):
