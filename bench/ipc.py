@@ -14,7 +14,6 @@ import ctypes
 import json
 import os
 import struct
-import subprocess
 import sys
 import time
 

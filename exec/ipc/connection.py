@@ -51,10 +51,6 @@ class Channel(Protocol):
     def close(self) -> None: ...
 
 
-async def _wait_readable_or(sock: socket.socket) -> None:
-    await trio.lowlevel.wait_readable(sock)
-
-
 # --------------------------------------------------------------------------------------------
 # SHM
 # --------------------------------------------------------------------------------------------
@@ -295,6 +291,9 @@ class IpcConnection:
         self.requests = 0
         self.events_sent = 0
         self.max_event_backlog = 0
+        self.close_reason = ""
+        self._cleaned = False
+        self._connected_to_service = False   # on_connect accepted: on_disconnect is owed
 
     def __repr__(self) -> str:
         return (f"<IpcConnection {self.service} #{self.id} pid={self.pid} "
@@ -482,7 +481,7 @@ class IpcConnection:
 
     def cleanup(self) -> None:
         """Release everything (idempotent): sockets, rings, files, directory, service state."""
-        if getattr(self, "_cleaned", False):
+        if self._cleaned:
             return
         self._cleaned = True
         self._closed = True

@@ -404,7 +404,7 @@ class IpcServer:
         self.connections.discard(conn)
         self.stats.active = len(self.connections)
         self.stats.disconnects += 1
-        if getattr(conn, "_connected_to_service", False):
+        if conn._connected_to_service:
             conn._connected_to_service = False
             try:
                 self.handler.on_disconnect(conn)
