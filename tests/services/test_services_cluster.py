@@ -1,0 +1,150 @@
+"""Three simulated nodes (TotemPg(Srp) + ServiceHost each) with fake CPG/cmap clients:
+identical delivery order and confchgs everywhere, the right reasons, sync after every
+membership change, a node crash mid-stream, and config_version propagation via cmap."""
+
+from __future__ import annotations
+
+import struct
+
+from svc_cluster import Cluster
+from svc_helpers import FakeConn
+
+from corosync.exec.cmap import CmapType
+from corosync.services import cmap, cpg
+
+
+def join(node, conn: FakeConn, group: bytes, flags: int = 0) -> None:
+    node.request("cpg", conn, cpg.REQ_JOIN,
+                 cpg.encode_name(group) + struct.pack("<I4xI4x", conn.pid, flags))
+    assert conn.responses.pop() == (cpg.RES_JOIN, b"", 1)
+
+
+def mcast(node, conn: FakeConn, data: bytes) -> None:
+    node.request("cpg", conn, cpg.REQ_MCAST, bytes(8) + struct.pack("<I4xI4x", 2, len(data)) + data)
+
+
+def delivered(conn: FakeConn) -> list[tuple[int, int, bytes]]:
+    out = []
+    for msg_id, payload, _err in conn.events:
+        if msg_id == cpg.RES_DELIVER:
+            msglen, nodeid, pid = struct.unpack_from("<I4xI4xI", payload, 136)
+            out.append((nodeid, pid, payload[160:160 + msglen]))
+    return out
+
+
+def confchgs(conn: FakeConn) -> list[tuple[list, list, list]]:
+    out = []
+    for msg_id, p, _err in conn.events:
+        if msg_id == cpg.RES_CONFCHG:
+            m, j, lft = struct.unpack_from("<I4xI4xI", p, 136)
+            entries = [struct.unpack_from("<I4xI4xI", p, 160 + 24 * i) for i in range(m + j + lft)]
+            out.append((entries[:m], entries[m + lft:], entries[m:m + lft]))  # members, joined, left
+    return out
+
+
+def test_cpg_three_nodes_join_mcast_crash_leave():
+    c = Cluster(3)
+    c.run_until(c.settled((1, 2, 3)))
+    n1, n2, n3 = (c.nodes[i] for i in (1, 2, 3))
+    a, b, d = n1.client(101), n2.client(201), n3.client(301)
+    for node, conn in ((n1, a), (n2, b), (n3, d)):
+        join(node, conn, b"g1")
+    c.run_until(lambda: all(len(delivered(x)) == 0 and len(confchgs(x)) >= 1
+                            and confchgs(x)[-1][0] == [(1, 101, 0), (2, 201, 0), (3, 301, 0)]
+                            for x in (a, b, d)))
+    # identical confchg history from the moment each joined: the last one is the same event
+    assert confchgs(a)[-1] == confchgs(b)[-1] == confchgs(d)[-1]
+    for i in range(20):
+        for node, conn in ((n1, a), (n2, b), (n3, d)):
+            mcast(node, conn, b"m%d-%d" % (node.nodeid, i))
+    c.run_until(lambda: all(len(delivered(x)) == 60 for x in (a, b, d)))
+    assert delivered(a) == delivered(b) == delivered(d)
+    assert sorted(delivered(a)) == sorted((n, p, b"m%d-%d" % (n, i)) for n, p in
+                                          ((1, 101), (2, 201), (3, 301)) for i in range(20))
+    syncs = [n.syncs_completed for n in (n1, n2)]
+    # node 3 keeps sending and dies with messages in flight
+    for i in range(10):
+        mcast(n3, d, b"late-%d" % i)
+        mcast(n1, a, b"n1-%d" % i)
+    c.run_until(lambda: len(delivered(a)) > 62)
+    c.crash(3)
+    c.run_until(c.settled((1, 2)))
+    c.run_until(lambda: all(len([x for x in delivered(y) if x[0] == 1]) == 30 for y in (a, b)))
+    assert delivered(a) == delivered(b)
+    assert [n.syncs_completed for n in (n1, n2)] == [s + 1 for s in syncs]
+    down = confchgs(a)[-1]
+    assert down == confchgs(b)[-1]
+    assert down == ([(1, 101, 0), (2, 201, 0)], [], [(3, 301, cpg.REASON_NODEDOWN)])
+    # totem confchg (model v1 event 13) went to every connection after the sync
+    totem = [p for i, p, _ in a.events if i == cpg.RES_TOTEM_CONFCHG][-1]
+    assert struct.unpack_from("<I", totem, 16)[0] == 2
+    assert struct.unpack_from("<II", totem, 20) == (1, 2)
+    # explicit leave on node 2: reason LEAVE everywhere
+    n2.request("cpg", b, cpg.REQ_LEAVE, cpg.encode_name(b"g1") + struct.pack("<I4x", 201))
+    assert b.responses.pop() == (cpg.RES_LEAVE, b"", 1)
+    c.run_until(lambda: confchgs(a)[-1][2] == [(2, 201, cpg.REASON_LEAVE)])
+    assert confchgs(b)[-1] == confchgs(a)[-1]
+    # a process dies on node 1 (IPC disconnect) while a node-2 client watches: PROCDOWN
+    e = n2.client(202)
+    join(n2, e, b"g1")
+    c.run_until(lambda: confchgs(a)[-1][1] == [(2, 202, cpg.REASON_JOIN)])
+    n1.host.ipc_handlers["cpg"].on_disconnect(a)
+    c.run_until(lambda: confchgs(e)[-1][2] == [(1, 101, cpg.REASON_PROCDOWN)])
+    assert confchgs(e)[-1][0] == [(2, 202, 0)]
+    # membership and iteration agree on the surviving node
+    n2.request("cpg", e, cpg.REQ_MEMBERSHIP, cpg.encode_name(b"g1"))
+    mid, payload, err = e.responses.pop()
+    assert (mid, err, len(payload) + 24) == (cpg.RES_MEMBERSHIP, 1, 9248)
+    assert struct.unpack_from("<I4xI4xI4xI", payload, 0) == (1, 2, 202, 0)
+    for node in (n1, n2):
+        assert node.host.stats.dropped == {}
+
+
+def test_cpg_rejoin_after_crash_gets_nodeup_via_joinlist():
+    c = Cluster(3)
+    c.run_until(c.settled((1, 2, 3)))
+    n1, n3 = c.nodes[1], c.nodes[3]
+    a, d = n1.client(101), n3.client(301)
+    join(n1, a, b"g")
+    join(n3, d, b"g")
+    both = [(1, 101, 0), (3, 301, 0)]
+    c.run_until(lambda: all(confchgs(x) and confchgs(x)[-1][0] == both for x in (a, d)))
+    # partition node 3 away by crashing it, then bring a fresh node 3 back
+    c.crash(3)
+    c.run_until(c.settled((1, 2)))
+    assert confchgs(a)[-1][2] == [(3, 301, cpg.REASON_NODEDOWN)]
+    from svc_cluster import Node
+    fresh = Node(c, 3)
+    c.nodes[3] = fresh
+    d2 = fresh.client(302)
+    c.apply(fresh, fresh.pg.start(c.now))
+    c.run_until(c.settled((1, 2, 3)))
+    join(fresh, d2, b"g")
+    c.run_until(lambda: confchgs(a)[-1][1] == [(3, 302, cpg.REASON_JOIN)])
+    # the new node learned node 1's process from node 1's JOINLIST during sync
+    assert [(p.nodeid, p.pid) for p in fresh.host.services[2].procs] == [(1, 101), (3, 302)]
+    assert confchgs(d2)[-1][0] == [(1, 101, 0), (3, 302, 0)]
+
+
+def test_cmap_config_version_propagates_and_tracks():
+    c = Cluster(3)
+    c.run_until(c.settled((1, 2, 3)))
+    n1, n2 = c.nodes[1], c.nodes[2]
+    # every node learned everyone's (absent → 0) config_version during sync
+    assert n2.cmap.get("runtime.members.1.config_version") == 0
+    watcher = FakeConn(pid=7)
+    n2.host.ipc_handlers["cmap"].on_connect(watcher)
+    key = b"runtime.members."
+    n2.request("cmap", watcher, cmap.REQ_TRACK_ADD, struct.pack("<H6x256s", len(key), key)
+               + struct.pack("<i4xQ", 2 | 4 | 8, 0xC00C1E))
+    mid, payload, err = watcher.responses.pop()
+    assert (mid, err) == (cmap.REQ_TRACK_ADD, 1)
+    # an admin bumps totem.config_version on node 1 (the executive writes cmap directly)
+    n1.cmap.set("totem.config_version", 5, CmapType.UINT64)
+    c.run_until(lambda: all(c.nodes[i].cmap.get("runtime.members.1.config_version") == 5
+                            for i in (1, 2, 3)))
+    ev = [p for i, p, _ in watcher.events if i == cmap.RES_NOTIFY]
+    inst, name, event, ntype, otype, nlen, olen = cmap.NOTIFY.unpack_from(ev[-1])
+    assert (inst, event, ntype, otype, nlen, olen) == (0xC00C1E, 2, 8, 8, 8, 8)
+    assert name[8:8 + 32].rstrip(b"\0") == b"runtime.members.1.config_version"
+    assert ev[-1][cmap.NOTIFY.size:] == struct.pack("<QQ", 5, 0)
