@@ -9,7 +9,7 @@ from pathlib import Path
 from corosync.exec.qnetd import protocol as P
 from corosync.exec.qnetd.server import Close, QnetdServer, Send, ServerConfig
 
-from qnetd_pcap import Event, read_events, split_messages
+from qnetd_pcap import read_events, split_messages
 
 
 @dataclass
@@ -21,6 +21,11 @@ class ConnResult:
 
 
 def replay(pcap: Path, cfg: ServerConfig, until: float | None = None) -> dict[str, ConnResult]:
+    return replay_with_server(pcap, cfg, until)[0]
+
+
+def replay_with_server(pcap: Path, cfg: ServerConfig,
+                       until: float | None = None) -> tuple[dict[str, ConnResult], QnetdServer]:
     events = read_events(pcap)
     server = QnetdServer(cfg)
     ids: dict[str, int] = {}
@@ -75,7 +80,7 @@ def replay(pcap: Path, cfg: ServerConfig, until: float | None = None) -> dict[st
         flush(ev.t)
     for conn, data in s2c.items():
         results[conn].expected = split_messages(data)
-    return results
+    return results, server
 
 
 def describe(data: bytes) -> str:

@@ -9,7 +9,6 @@ qdevice, and barriers repeat until no more VOTE_INFO arrives."""
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 

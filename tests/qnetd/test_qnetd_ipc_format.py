@@ -8,28 +8,17 @@ from corosync.exec.qnetd.ipc import StatusInfo, format_list, format_status, hand
 from corosync.exec.qnetd.protocol import Algorithm, Heuristics, NodeInfo, RingId, TieBreaker
 from corosync.exec.qnetd.server import QnetdServer, ServerConfig
 
-from qnetd_harness import Harness, config, membership
-from qnetd_pcap import read_events
-from qnetd_replay import replay
+from qnetd_harness import Harness
+from qnetd_replay import replay_with_server
 
 INFO = StatusInfo(None, 5403, 0, True, 0, 32768, 32768)
 
 
 def _server_at(shared_dir, t: float) -> QnetdServer:
-    import qnetd_replay
-    captured = {}
-    orig = qnetd_replay.QnetdServer
-
-    class Spy(orig):
-        def __init__(self, *a, **kw):
-            super().__init__(*a, **kw)
-            captured["s"] = self
-    qnetd_replay.QnetdServer = Spy
-    try:
-        replay(shared_dir / "spec/captures/qnetd-ffsplit-2node.pcap", ServerConfig(tls=0), until=t)
-    finally:
-        qnetd_replay.QnetdServer = orig
-    return captured["s"]
+    """The server state after replaying the ffsplit capture up to capture time t."""
+    _, server = replay_with_server(shared_dir / "spec/captures/qnetd-ffsplit-2node.pcap",
+                                   ServerConfig(tls=0), until=t)
+    return server
 
 
 @pytest.mark.parametrize("t,name,verbose,cluster", [

@@ -8,7 +8,7 @@ import pytest
 from corosync.exec.qnetd import protocol as P
 from corosync.exec.qnetd.protocol import Algorithm, MsgType, RingId, TieBreaker, Vote
 
-from qnetd_harness import Harness, config, membership, quorum
+from qnetd_harness import Harness, config, membership
 
 
 def _summary(m: P.Message) -> tuple:

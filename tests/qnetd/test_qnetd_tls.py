@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from corosync.exec.qnetd import protocol as P
-from corosync.exec.qnetd.certs import CA_CERT_FILE, init_ca, sign_request
+from corosync.exec.qnetd.certs import CA_CERT_FILE, init_ca
 from corosync.exec.qnetd.protocol import RingId, Vote
 
 from qnetd_client import ClientClosed, Daemon, QdeviceClient, tool
