@@ -30,7 +30,7 @@ from __future__ import annotations
 import enum
 from typing import Union
 
-from attrs import frozen
+from attrs import define, frozen
 
 from .wire import RingId
 
@@ -91,9 +91,10 @@ class CancelTimer:
     kind: TimerKind
 
 
-@frozen
+@define(slots=True, eq=True)
 class Deliver:
-    """One MCAST payload in agreed (or safe) order.
+    """One MCAST payload in agreed (or safe) order.  (Not frozen: built once per
+    delivered packet on the hot path, where frozen attrs' __init__ costs 3x.)
 
     ``sender`` is the originating nodeid (MCAST header nodeid), ``payload`` the totempg
     packet, ``swapped`` whether the originator was big-endian, ``seq``/``ring_id`` where
@@ -108,7 +109,7 @@ class Deliver:
     swapped: bool = False
 
 
-@frozen
+@define(slots=True, eq=True)
 class PgDeliver:
     """One whole application message after totempg unpacking/reassembly (emitted by
     :class:`corosync.exec.totem.pg.TotemPg` in place of the :class:`Deliver` actions of
