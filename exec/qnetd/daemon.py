@@ -67,7 +67,7 @@ class Logger:
 
     def _suppressed(self, text: str) -> bool:
         now = time.monotonic()
-        key = text[:80]
+        key = text
         last = self._recent.get(key)
         if last is not None and now - last < 1.0:
             return True
@@ -301,8 +301,10 @@ class QnetdDaemon:
             try:
                 sock, addr = await self.tcp_sock.accept()
             except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    self.log(LOG_ERR, f"Can't accept connection: {os.strerror(exc.errno)}")
+                # a connection that died in the backlog is nothing; anything else (out of
+                # descriptors or memory) is logged and retried a little later, not spun on
+                if exc.errno not in (errno.ECONNABORTED, errno.EPROTO, errno.EINTR):
+                    self.log(LOG_ERR, f"Can't accept connection: {os.strerror(exc.errno or 0)}")
                     await trio.sleep(0.1)
                 continue
             try:
