@@ -106,6 +106,12 @@ class Node:
         self._addresses = self._resolve_addresses(config)
         self._writer = ringid.RingIdWriter(
             ringid.ringid_path(self.state_dir, self.nodeid), on_error=self._ringid_error)
+        self._handlers: dict[type, Callable[[Any], None]] = {
+            Unicast: self._do_unicast, Multicast: self._do_multicast,
+            StartTimer: self._do_start_timer, CancelTimer: self._do_cancel_timer,
+            PgDeliver: self._do_pg_deliver, ConfChg: self._confchg, Log: self._do_log,
+            PersistRingSeq: self._do_persist, Deliver: self._do_nothing,
+        }
 
     @staticmethod
     def _resolve_addresses(config: Any) -> dict[int, str]:
@@ -205,35 +211,47 @@ class Node:
         self._execute(actions, now)
 
     def _execute(self, actions: Iterable[Action], now: int) -> None:
-        work = collections.deque(actions)
-        while work:
-            action = work.popleft()
-            self.stats.actions += 1
-            if isinstance(action, Unicast):
-                self.transport.unicast(action.nodeid, action.data)
-            elif isinstance(action, Multicast):
-                self.transport.multicast(action.data)
-            elif isinstance(action, StartTimer):
-                deadline = trio.current_time() + action.ms / 1000.0
-                self._deadlines[action.kind] = deadline
-                if deadline < self._timer_target:
-                    self._timer_wake.set()
-            elif isinstance(action, CancelTimer):
-                self._deadlines.pop(action.kind, None)
-            elif isinstance(action, PgDeliver):
-                for handler in self.deliver_handlers:
-                    self._call_handler(handler, action)
-            elif isinstance(action, ConfChg):
-                work.extend(self._confchg(action, now))
-            elif isinstance(action, Log):
-                self.log.log(action.level, action.subsys, action.message)
-            elif isinstance(action, PersistRingSeq):
-                self._writer.store(action.seq)
-            elif isinstance(action, Deliver):
-                pass  # raw packets only appear without TotemPg; nothing consumes them
-            else:
+        """Carry out actions in order; one dict lookup per action (hot path)."""
+        handlers = self._handlers
+        count = 0
+        for action in actions:
+            count += 1
+            handler = handlers.get(type(action))
+            if handler is None:
                 self.log.limited(LogLevel.WARNING, "MAIN", f"action:{type(action).__name__}",
                                  f"Unknown Totem action {action!r} ignored")
+            else:
+                handler(action)
+        self.stats.actions += count
+
+    def _do_unicast(self, action: Unicast) -> None:
+        self.transport.unicast(action.nodeid, action.data)
+
+    def _do_multicast(self, action: Multicast) -> None:
+        self.transport.multicast(action.data)
+
+    def _do_start_timer(self, action: StartTimer) -> None:
+        deadline = trio.current_time() + action.ms / 1000.0
+        self._deadlines[action.kind] = deadline
+        if deadline < self._timer_target:
+            self._timer_wake.set()
+
+    def _do_cancel_timer(self, action: CancelTimer) -> None:
+        self._deadlines.pop(action.kind, None)
+
+    def _do_pg_deliver(self, action: PgDeliver) -> None:
+        for handler in self.deliver_handlers:
+            self._call_handler(handler, action)
+
+    def _do_log(self, action: Log) -> None:
+        self.log.log(action.level, action.subsys, action.message)
+
+    def _do_persist(self, action: PersistRingSeq) -> None:
+        self._writer.store(action.seq)
+
+    @staticmethod
+    def _do_nothing(action: Deliver) -> None:
+        """Raw packets only reach the driver without TotemPg; nothing consumes them."""
 
     def _call_handler(self, handler: Callable[[Any], None], arg: Any) -> None:
         try:
@@ -243,13 +261,13 @@ class Node:
             self.log.limited(LogLevel.ERROR, "MAIN", f"handler:{type(exc).__name__}",
                              f"Handler {handler!r} failed: {exc!r}")
 
-    def _confchg(self, chg: ConfChg, now: int) -> list[Action]:
+    def _confchg(self, chg: ConfChg) -> None:
         self.stats.confchgs += 1
         self._update_members_cmap(chg)
         for handler in self.confchg_handlers:
             self._call_handler(handler, chg)
         if chg.kind != ConfChgKind.REGULAR:
-            return []
+            return
         self.members = chg.members
         self.ring_id = chg.ring_id
         self._publish_stats()
@@ -259,7 +277,6 @@ class Node:
             # No services to synchronise: complete right after this batch (so the
             # membership line srp logs with this confchg comes first, as in corosync).
             self._calls.append(self._complete_sync)
-        return []
 
     def _complete_sync(self, now: int) -> list[Action]:
         self.log.notice("MAIN", "Completed service synchronization, ready to provide service.")

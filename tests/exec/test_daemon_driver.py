@@ -189,3 +189,15 @@ async def test_ringid_writer_latest_value_wins(tmp_path):
         nursery.cancel_scope.cancel()
     assert struct.unpack("=Q", open(path, "rb").read()) == (49,)
     assert 1 <= w.writes <= 49
+
+
+async def test_unknown_action_is_logged_not_fatal(tmp_path):
+    pg = FakePg()
+    node, stream, _ = make_node(tmp_path, pg)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.run)
+        node._execute(["not an action", PersistRingSeq(3)], node.now_ms())
+        node.stop()
+        await node.wait_stopped()
+    assert "Unknown Totem action 'not an action' ignored" in stream.getvalue()
+    assert struct.unpack("=Q", open(ringid.ringid_path(str(tmp_path), 1), "rb").read()) == (3,)
