@@ -182,7 +182,7 @@ def parse_args(argv: list[str], out: TextIO = sys.stdout, err: TextIO = sys.stde
         if arg == "--":
             break
         if not arg.startswith("-") or arg == "-":
-            break  # stock getopt stops at the first operand (operands are ignored)
+            continue  # glibc getopt permutes operands to the end; the daemon ignores them
         j = 1
         while j < len(arg):
             ch = arg[j]
