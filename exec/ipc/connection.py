@@ -15,7 +15,7 @@ import inspect
 import mmap
 import os
 import socket
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
 
 import trio
 
@@ -51,6 +51,16 @@ class Channel(Protocol):
     def close(self) -> None: ...
 
 
+async def _first_of(*waits: Callable[[], Awaitable[object]]) -> None:
+    """Return as soon as any of the waits completes (the others are cancelled)."""
+    async with trio.open_nursery() as nursery:
+        async def one(wait: Callable[[], Awaitable[object]]) -> None:
+            await wait()
+            nursery.cancel_scope.cancel()
+        for wait in waits:
+            nursery.start_soon(one, wait)
+
+
 # --------------------------------------------------------------------------------------------
 # SHM
 # --------------------------------------------------------------------------------------------
@@ -65,6 +75,7 @@ class ShmChannel:
         self.rings = (request, response, event)
         self.max_msg_size = max_msg_size
         self._owed_bytes = 0    # notification bytes not yet written (setup socket was full)
+        self.deferred = 0       # wake-up bytes received, requests not yet processed
 
     def try_send_response(self, message: bytes) -> bool:
         return self.rings[1].write(message)
@@ -100,16 +111,8 @@ class ShmChannel:
     async def receive(self, conn: "IpcConnection") -> None:
         request = self.rings[0]
         while True:
-            await trio.lowlevel.wait_readable(self.setup)
-            try:
-                data = self.setup.recv(4096)
-            except (BlockingIOError, InterruptedError):
-                continue
-            except OSError as exc:   # ECONNRESET: client exited with unread bytes
-                raise Disconnect(f"setup socket: {exc}") from None
-            if not data:
-                raise Disconnect("client closed the setup socket")
-            for _ in range(len(data)):
+            if self.deferred and not conn.paused:
+                self.deferred -= 1
                 if not request.sem.trywait():
                     conn.count_stray()
                     continue
@@ -119,6 +122,22 @@ class ShmChannel:
                     conn.malformed(f"request ring: {exc}")
                     raise Disconnect(str(exc)) from None
                 await conn.dispatch(message)
+                continue
+            if self.deferred:
+                # paused by flow control: keep watching the socket (a client may leave)
+                await _first_of(lambda: trio.lowlevel.wait_readable(self.setup),
+                                conn.wait_unpaused)
+            else:
+                await trio.lowlevel.wait_readable(self.setup)
+            try:
+                data = self.setup.recv(4096)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError as exc:   # ECONNRESET: client exited with unread bytes
+                raise Disconnect(f"setup socket: {exc}") from None
+            if not data:
+                raise Disconnect("client closed the setup socket")
+            self.deferred += len(data)     # one wake-up byte per request (§3.5)
 
     def set_flow_control(self, level: int) -> None:
         self.rings[0].flow_control = level
@@ -202,7 +221,10 @@ class SocketChannel:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch_setup)
             while True:
+                await conn.wait_unpaused()   # libqb reads no requests under flow control
                 await trio.lowlevel.wait_readable(self.request_sock)
+                if conn.paused:
+                    continue                 # paused while we were waiting
                 try:
                     n, sender = self.request_sock.recvfrom_into(self._rxbuf)
                     data = bytes(memoryview(self._rxbuf)[:n])
@@ -292,6 +314,9 @@ class IpcConnection:
         self.events_sent = 0
         self.max_event_backlog = 0
         self.close_reason = ""
+        self._fc_level = 0
+        self._fc_clear = trio.Event()
+        self._fc_clear.set()
         self._cleaned = False
         self._connected_to_service = False   # on_connect accepted: on_disconnect is owed
 
@@ -353,10 +378,24 @@ class IpcConnection:
         return True
 
     def set_flow_control(self, level: int) -> None:
-        """Publish libqb's request flow-control word: 0 off, 1 refuse every client send,
-        2 refuse only CPG mcast (what corosync sets during sync)."""
+        """libqb's request flow control: 0 off, 1 the client refuses every send, 2 it refuses
+        only CPG mcast (what corosync sets during sync).  While non-zero the server also
+        stops processing this connection's requests (they wait, in order), like libqb."""
+        self._fc_level = level
+        if level == 0:
+            self._fc_clear.set()
+        elif self._fc_clear.is_set():
+            self._fc_clear = trio.Event()
         if self.channel is not None and not self._closed:
             self.channel.set_flow_control(level)
+
+    @property
+    def paused(self) -> bool:
+        return self._fc_level != 0
+
+    async def wait_unpaused(self) -> None:
+        while self._fc_level != 0:
+            await self._fc_clear.wait()
 
     def close(self, reason: str = "closed by service") -> None:
         """Disconnect the client (idempotent; cleanup happens in the connection's task)."""

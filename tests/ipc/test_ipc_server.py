@@ -8,13 +8,15 @@ import os
 import signal
 import subprocess
 import sys
+import struct
 import textwrap
 
 import pytest
 import trio
+import trio.testing
 
 from corosync.lib.ipc import (DEFAULT_MAX_MSG_SIZE, AsyncIpcClient, CsError, IpcClient,
-                              IpcError, IpcType, abstract_address)
+                              IpcError, IpcType, abstract_address, pack_request)
 
 from ipc_helpers import Service, start_server, unique_name, wait_until
 
@@ -394,7 +396,6 @@ async def test_flow_control_word(ipc_type: str) -> None:
             await RUN(lambda: c.request(1, b"", 5))
         assert exc.value.errno == errno.EAGAIN and exc.value.cs_error == CsError.TRY_AGAIN
         conn.set_flow_control(2)
-        assert await RUN(lambda: c.request(1, b"a", 5)) == (101, CsError.OK, b"a")
         with pytest.raises(IpcError):
             await RUN(lambda: c.send(b"\x02\0\0\0\0\0\0\0\x18\0\0\0\0\0\0\0" + bytes(8),
                                      fc_enable_max=2))
@@ -417,3 +418,34 @@ def test_remove_stale_dirs(tmp_path) -> None:
         [f"qb-{os.getpid()}-1-2-mine", f"qb-{os.getppid()}-1-2-alive", "unrelated"])
     assert remove_stale_dirs(str(tmp_path), server_pid=os.getppid()) == 1
     assert remove_stale_dirs(str(tmp_path / "missing")) == 0
+
+
+@pytest.mark.parametrize("ipc_type", TYPES)
+async def test_flow_control_holds_requests(ipc_type: str) -> None:
+    """Like libqb, the server processes no request of a flow-controlled connection; they are
+    handled in order once the word is cleared, and a client leaving meanwhile is noticed."""
+    svc = Service()
+    async with trio.open_nursery() as n:
+        srv = await start_server(n, svc, ipc_type=ipc_type)
+        c = await RUN(lambda: IpcClient.connect(srv.service))
+        conn = svc.connected[0]
+        conn.set_flow_control(2)               # the client may still send ordinary requests
+        answers: list[tuple[int, int, bytes]] = []
+        async with trio.open_nursery() as inner:
+            inner.start_soon(RUN, lambda: answers.append(c.request(1, b"held", 10)))
+            if ipc_type == "shm":
+                await wait_until(lambda: conn.channel.deferred == 1)  # type: ignore[union-attr]
+            else:
+                await wait_until(lambda: struct.unpack_from(
+                    "<i", c._control, 0)[0] == 1)     # client's request.sent counter
+            await trio.testing.wait_all_tasks_blocked()
+            assert svc.requests == [] and answers == []
+            conn.set_flow_control(0)
+        assert answers == [(101, CsError.OK, b"held")]
+        # paused again, then the client dies: cleanup still happens
+        conn.set_flow_control(1)
+        c._flow_control = lambda: 0            # a client ignoring the word
+        c.send(pack_request(1, b"x"))
+        c.close()
+        await wait_until(lambda: conn in svc.disconnected)
+        n.cancel_scope.cancel()
