@@ -168,7 +168,8 @@ def load(opts: Options, log: CorosyncLog) -> tuple[Any, Any] | int:
             log.configure(config.logging)
         except OSError as exc:
             starting_up()
-            log.error("MAIN", f"Can't open logfile '{exc.filename}': {exc.strerror}")
+            log.error("MAIN", f"parse error in config: Can't open logfile '{exc.filename}' "
+                              f"for reason: {exc.strerror} ({exc.errno}).")
             return _exit_error(log, EXIT_CONFIG)
     starting_up()
     if use_default_text:

@@ -214,3 +214,15 @@ def test_refuses_to_run_setuid(tmp_path):
                        preexec_fn=lambda: os.setresuid(65534, 0, 0))  # as if setuid-root
     assert r.returncode == 15
     assert "refuses to run setuid or setgid" in (tmp_path / "corosync.log").read_text() + r.stderr
+
+
+def test_unwritable_logfile_is_a_config_error(tmp_path):
+    port = pick_port()
+    conf = tmp_path / "corosync.conf"
+    text = node_config(nodeid=1, nodes=[(1, "127.0.0.1")], port=port, directory=tmp_path)
+    conf.write_text(text.replace(str(tmp_path / "corosync.log"),
+                                 str(tmp_path / "missing-dir" / "corosync.log")))
+    r = run("-f", "-c", str(conf), env={"COROSYNC_LOCAL_ADDRS": "127.0.0.1"})
+    assert r.returncode == 8
+    assert "Can't open logfile '" in r.stderr and "missing-dir/corosync.log" in r.stderr
+    assert "No such file or directory (2)." in r.stderr
