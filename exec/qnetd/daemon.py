@@ -330,10 +330,12 @@ class QnetdDaemon:
                     await self._reader(conn)
                     inner.cancel_scope.cancel()
         except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError,
-                ConnectionError) as exc:
+                ConnectionError, trio.TooSlowError) as exc:
             self.log(LOG_DEBUG, f"Client {conn.addr} connection error: {exc!r}")
         except BaseExceptionGroup as exc:  # reader and writer failing together
             self.log(LOG_DEBUG, f"Client {conn.addr} connection errors: {exc!r}")
+        except Exception as exc:  # a bug must cost one connection, never the daemon
+            self.log(LOG_ERR, f"Client {conn.addr}: internal error {exc!r}. Disconnecting")
         finally:
             self.conns.pop(conn.conn_id, None)
             if not conn.closed_by_core:
@@ -461,6 +463,8 @@ class QnetdDaemon:
             shutdown = reply.shutdown
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
+        except Exception as exc:  # never let one IPC request take the daemon down
+            self.log(LOG_ERR, f"IPC request failed: {exc!r}")
         finally:
             if counted:
                 self._ipc_clients -= 1

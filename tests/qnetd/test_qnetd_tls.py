@@ -195,3 +195,18 @@ def test_certutil_sign_variants_and_errors(tmp_path, pki, capsys):
     assert (r.returncode, r.stderr) == (1, b"Invalid option: -X\n")
     r = certutil_inproc(capsys)
     assert r.returncode == 0 and r.stdout.startswith(b"corosync-qnetd-certutil: [-i|-s]")
+
+
+async def test_broken_handshake_costs_only_that_connection(start, pki):
+    d = start("-s", "on", "-c", "on")
+    bad = await QdeviceClient.connect(d.port)
+    await bad.preinit()
+    await bad.send_raw(P.build_starttls(2) + b"\x16\x03\x01\x00\x05hello, this is not TLS")
+    await bad.expect_closed()
+    good = await QdeviceClient.connect(d.port)
+    await good.preinit()
+    await good.starttls(client_ctx(pki))
+    assert (await good.init(1)).reply_error_code == 0
+    r = tool(d.sock, "-s")
+    assert b"Connected clients:\t\t1\n" in r.stdout
+    await good.aclose()
