@@ -167,6 +167,7 @@ def load(opts: Options, log: CorosyncLog) -> tuple[Any, Any] | int:
         try:
             log.configure(config.logging)
         except OSError as exc:
+            log.to_stderr = True  # the configured destinations are not usable
             starting_up()
             log.error("MAIN", f"parse error in config: Can't open logfile '{exc.filename}' "
                               f"for reason: {exc.strerror} ({exc.errno}).")
