@@ -160,6 +160,9 @@ class SyncEngine:
             self.trace.append(("abort", entry.service_id))
         if self.state is not SyncState.IDLE:
             self.stats.aborted += 1
+        # corosync zeroes the ring id so stale barriers/builds never match; we also go idle
+        # so a second confchg of the same change does not abort the service twice
+        self.state = SyncState.IDLE
         self.ring_id = ZERO_RING
         self._pending.clear()
 

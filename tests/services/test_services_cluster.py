@@ -148,3 +148,24 @@ def test_cmap_config_version_propagates_and_tracks():
     assert (inst, event, ntype, otype, nlen, olen) == (0xC00C1E, 2, 8, 8, 8, 8)
     assert name[8:8 + 32].rstrip(b"\0") == b"runtime.members.1.config_version"
     assert ev[-1][cmap.NOTIFY.size:] == struct.pack("<QQ", 5, 0)
+
+
+def test_crash_during_sync_aborts_and_resyncs():
+    from corosync.exec.sync import SyncState
+
+    c = Cluster(3)
+    c.run_until(c.settled((1, 2, 3)))
+    n1, n2, n3 = (c.nodes[i] for i in (1, 2, 3))
+    a, d = n1.client(11), n3.client(33)
+    join(n1, a, b"g")
+    join(n3, d, b"g")
+    c.run_until(lambda: confchgs(a) and confchgs(a)[-1][0] == [(1, 11, 0), (3, 33, 0)])
+    # make node 2 leave and come back so a new sync starts; crash node 3 in its middle
+    c.crash(2)
+    c.run_until(lambda: n1.host.sync.state in (SyncState.PROCESS, SyncState.BARRIER)
+                and n1.host.members == (1, 3))
+    c.crash(3)
+    c.run_until(c.settled((1,)))
+    assert n1.host.sync.stats.aborted >= 1
+    assert confchgs(a)[-1] == ([(1, 11, 0)], [], [(3, 33, cpg.REASON_NODEDOWN)])
+    assert not n1.host.sync_in_process
