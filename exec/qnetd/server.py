@@ -136,6 +136,9 @@ class QnetdServer:
         client = self.clients.get(conn_id)
         if client is None:
             return
+        if len(data) >= P.HEADER_SIZE and self.must_skip(P.parse_header(data)):
+            self.on_skipped(conn_id, P.parse_header(data), now)  # a driver that did not frame
+            return
         self._restart_dpd(client, now)
         try:
             msg = P.decode(data)
