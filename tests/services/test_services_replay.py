@@ -30,6 +30,7 @@ class Replayer:
         self.sent: list[tuple[bytes, bytes]] = []
         self.logs: list[str] = []
         self.acks = 0
+        self.procs_at_ack: list[list] = []
         self.host = ServiceHost(me, CmapStore(), self._mcast, trans_ack=self._ack,
                                 log=lambda lvl, sub, text: self.logs.append(text))
         self.ring: RingId | None = None
@@ -39,6 +40,8 @@ class Replayer:
 
     def _ack(self) -> None:
         self.acks += 1
+        self.procs_at_ack.append([(p.nodeid, p.pid, p.group)
+                                  for p in self.host.services[2].procs])
 
     def deliver(self, sender: int, group: bytes, body: bytes) -> None:
         assert self.ring is not None
@@ -167,3 +170,39 @@ def test_replay_node1_leave_sends_joinlist(shared_dir):
     assert [(m.group, m.exec_id >> 16) for m in rest] == [
         (b"sync", 0), (b"a", 5), (b"a", 5), (b"sync", 0)]
     assert r.host.sync.trace[-1] == ("completed", None)
+
+
+def test_replay_node2_restart_and_merge(shared_dir):
+    """Node 2 restarts alone (ring 2.e) and merges with node 1 (1.12), which has a CPG
+    process: we learn it from node 1's JOINLIST, and our DOWNLISTs equal the real ones."""
+    msgs = udpu_messages(shared_dir)
+    r = Replayer(2)
+    for ring, trans, members in ((RingId(2, 0xE), (), (2,)), (RingId(1, 0x12), (2,), (1, 2))):
+        r.ring = ring
+        r.host.on_confchg(ConfChg(ConfChgKind.TRANSITIONAL, trans, (), (), ring))
+        r.host.on_confchg(ConfChg(ConfChgKind.REGULAR, members, (), (), ring))
+        rest = [m for m in msgs if m.ring == ring]
+        while rest:
+            m = rest.pop(0)
+            if m.group == b"a" and m.exec_id >> 16 == VOTEQUORUM:
+                if m.sender == 1:
+                    r.deliver(1, m.group, m.body)
+                continue
+            if m.sender == 1:
+                r.deliver(1, m.group, m.body)
+                continue
+            if not r.host.sync_in_process:
+                # alone in 2.e our list is [0, 2]: the real node's phases 3 and 5 remain
+                assert ring == RingId(2, 0xE) and (m.group, m.exec_id) == (b"sync", 0)
+                continue
+            ours = r.self_deliver(m)
+            if m.group == b"a" and m.exec_id == 0x20005:
+                assert ours == m.body
+        assert not r.sent and not r.host.sync_in_process
+    procs = r.host.services[2].procs
+    assert procs == []  # node 1's process left at the very end of the capture (PROCLEAVE)
+    assert r.acks == 2
+    assert r.host.cmap.get("runtime.members.1.config_version") == 0
+    # at the end of the merge sync, node 1's JOINLIST had taught us its pid 9574
+    assert r.procs_at_ack == [[], [(1, 9574, b"grp1")]]
+    assert any("got procleave message from cluster node 1 for pid 9574" in line for line in r.logs)
