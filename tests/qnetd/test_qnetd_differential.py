@@ -350,3 +350,16 @@ def _describe(raw: bytes) -> str:
     m = P.decode(raw)
     return (f"{P.MsgType(m.type).name} seq={m.seq} err={m.reply_error_code} vote={m.vote} "
             f"ring={m.ring_id} hb={m.heartbeat_interval}")
+
+
+def test_stock_tool_stops_our_daemon(tmp_path):
+    if not os.access(STOCK_TOOL, os.X_OK):
+        pytest.skip("Debian corosync-qnetd-tool not installed")
+    d = Daemon(tmp_path, "-s", "off")
+    try:
+        d.wait_ready()
+        r = _tool(STOCK_TOOL, d.sock, "-H")
+        assert (r.returncode, r.stdout, r.stderr) == (0, b"", b"")
+        assert d.proc.wait(timeout=10) == 0
+    finally:
+        assert d.stop() == 0
