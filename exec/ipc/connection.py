@@ -77,11 +77,20 @@ class ShmChannel:
         self._owed_bytes = 0    # notification bytes not yet written (setup socket was full)
         self.deferred = 0       # wake-up bytes received, requests not yet processed
 
+    @staticmethod
+    def _write(ring: ShmRing, message: bytes) -> bool:
+        try:
+            return ring.write(message)
+        except RingError as exc:
+            # the client scribbled over its ring header: its problem, never the sender's
+            # (send_event may run in another client's request handler)
+            raise Disconnect(f"client ring: {exc}") from None
+
     def try_send_response(self, message: bytes) -> bool:
-        return self.rings[1].write(message)
+        return self._write(self.rings[1], message)
 
     def try_send_event(self, message: bytes) -> bool:
-        if not self.rings[2].write(message):
+        if not self._write(self.rings[2], message):
             return False
         self._owed_bytes += 1
         self._flush_bytes()
@@ -475,6 +484,7 @@ class IpcConnection:
             raise Disconnect("handler error") from exc
 
     def _drain(self) -> None:
+        """Push queued messages; Disconnect propagates to the flusher (ends the connection)."""
         assert self.channel is not None
         while self._responses and self.channel.try_send_response(self._responses[0]):
             self._responses.popleft()

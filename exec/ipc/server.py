@@ -307,9 +307,18 @@ class IpcServer:
                                       pid)
         max_msg = min(max(wanted, self.max_msg_size), self.max_msg_size_limit)
         conn_id = next(self._ids)
-        directory = tempfile.mkdtemp(
-            prefix=connection_directory_prefix(os.getpid(), pid, sock.fileno()),
-            dir=self.shm_dir)
+        try:
+            directory = tempfile.mkdtemp(
+                prefix=connection_directory_prefix(os.getpid(), pid, sock.fileno()),
+                dir=self.shm_dir)
+        except OSError as exc:
+            self.stats.handshake_failures += 1
+            self.log_limited(LogLevel.ERROR, f"transport:{self.service}",
+                             f"{self.service}: cannot create a connection directory in "
+                             f"{self.shm_dir}: {exc}")
+            await self._send_all(sock, pack_conn_response(-(exc.errno or errno.EIO)))
+            sock.close()
+            return
         conn = IpcConnection(self, conn_id=conn_id, pid=pid, uid=uid, gid=gid,
                              conn_type=self.ipc_type, max_msg_size=max_msg,
                              directory=directory, setup=sock)
@@ -323,6 +332,14 @@ class IpcServer:
                 paths = self._setup_shm(conn)
             else:
                 paths = self._setup_socket(conn)
+        except OSError as exc:   # /dev/shm full, fd limit, ...: tell the client why
+            self.stats.handshake_failures += 1
+            self.log_limited(LogLevel.ERROR, f"transport:{self.service}",
+                             f"{self.service}: cannot set up a connection for pid {pid}: "
+                             f"{exc}")
+            await self._send_all(sock, pack_conn_response(-(exc.errno or errno.EIO)))
+            conn.cleanup()
+            return
         except Exception:
             conn.cleanup()
             raise

@@ -23,7 +23,8 @@ class Service:
     """Test service.  Request ids:
     1 echo (response id 101, same payload), 2 echo + an event with the payload (id 7),
     3 flood: payload = b"<count>:<size>" events of <size> bytes (id 8, seq in first 4 bytes),
-    4 never answered, 5 raise (service bug), 6 deferred: answered by the test via `pending`.
+    4 never answered, 5 raise (service bug), 6 deferred: answered by the test via `pending`,
+    9 broadcast: the payload as an event (id 7) to every open connection.
     """
 
     def __init__(self, accept: bool = True, fc_on_connect: int = 0) -> None:
@@ -68,6 +69,10 @@ class Service:
             raise RuntimeError("service bug")
         elif msg_id == 6:
             self.pending.append(conn)
+        elif msg_id == 9:                      # broadcast an event to every connection
+            delivered = sum(other.send_event(7, payload) for other in list(self.connected)
+                            if not other.closed)
+            conn.send_response(109, str(delivered).encode())
         else:
             conn.send_response(0, b"", 7)
 

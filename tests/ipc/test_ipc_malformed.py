@@ -188,3 +188,22 @@ async def test_shm_transport_forged_memory() -> None:
         assert await RUN(lambda: c.request(1, b"alive", 5)) == (101, CsError.OK, b"alive")
         c.close()
         n.cancel_scope.cancel()
+
+
+async def test_corrupted_event_ring_hurts_only_its_owner() -> None:
+    """A client that scribbles over its own event ring header is dropped when an event is
+    written for it, even from another client's request handler; that other client is fine."""
+    svc = Service()
+    async with trio.open_nursery() as n:
+        srv = await start_server(n, svc, ipc_type="shm")
+        victim = await RUN(lambda: IpcClient.connect(srv.service))
+        sender = await RUN(lambda: IpcClient.connect(srv.service))
+        victim_conn = svc.connected[0]
+        struct.pack_into("<I", victim._rings[2]._hdr, 4, 0xFFFFFFF0)   # event read_pt
+        assert await RUN(lambda: sender.request(9, b"hi", 5)) == (109, CsError.OK, b"1")
+        await wait_until(lambda: victim_conn in svc.disconnected)
+        assert sender.recv_event(0) == (7, CsError.OK, b"hi")
+        assert srv.stats.handler_errors == 0
+        victim.close()
+        sender.close()
+        n.cancel_scope.cancel()

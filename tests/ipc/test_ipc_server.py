@@ -449,3 +449,21 @@ async def test_flow_control_holds_requests(ipc_type: str) -> None:
         c.close()
         await wait_until(lambda: conn in svc.disconnected)
         n.cancel_scope.cancel()
+
+
+async def test_transport_setup_failure_is_reported(tmp_path) -> None:
+    """No usable shm directory: the client gets the errno, not a hang or a reset."""
+    svc = Service()
+    async with trio.open_nursery() as n:
+        srv = await start_server(n, svc, shm_dir=str(tmp_path / "missing"))
+        with pytest.raises(IpcError) as exc:
+            await RUN(lambda: IpcClient.connect(srv.service))
+        assert exc.value.errno == errno.ENOENT
+        assert srv.stats.handshake_failures == 1 and svc.connected == []
+        srv.shm_dir = str(tmp_path)
+        c = await RUN(lambda: IpcClient.connect(srv.service))
+        assert await RUN(lambda: c.request(1, b"ok", 5)) == (101, CsError.OK, b"ok")
+        c.close()
+        await wait_until(lambda: srv.stats.active == 0)
+        assert list(tmp_path.iterdir()) == []
+        n.cancel_scope.cancel()
