@@ -439,6 +439,10 @@ class ShmRing:
         try:
             _w, _r, word_size = RING_HEADER.unpack_from(header)
             data_path = _field(header, OFF_DATA_PATH)
+            if os.path.dirname(data_path) != os.path.dirname(header_path):
+                # never let a (fake) server point us at some other file to map and write
+                raise RingError(f"{header_path}: data file {data_path!r} outside the "
+                                "connection directory")
             expected = shm_data_size(max_msg_size)
             if word_size * 4 != expected:
                 raise RingError(f"{header_path}: word_size {word_size} does not match "
@@ -693,16 +697,27 @@ class IpcClient:
             sock.connect(setup_address(service, ipc_dir))
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             raise IpcError(errno.ECONNREFUSED, f"{service}: no server ({exc})") from None
-        sock.sendall(pack_conn_request(max_msg_size))
+        except TimeoutError:
+            raise IpcError(errno.ETIMEDOUT, f"{service}: connect timed out") from None
+        except OSError as exc:
+            raise IpcError(exc.errno or errno.ECONNREFUSED, f"{service}: {exc}") from None
         buf = bytearray()
-        while len(buf) < CONN_RESPONSE_SIZE:
-            try:
-                chunk = sock.recv(CONN_RESPONSE_SIZE - len(buf))
-            except ConnectionResetError:
-                chunk = b""
-            if not chunk:
-                raise IpcError(errno.ENOTCONN, f"{service}: server closed during setup")
-            buf += chunk
+        try:
+            sock.sendall(pack_conn_request(max_msg_size))
+            while len(buf) < CONN_RESPONSE_SIZE:
+                try:
+                    chunk = sock.recv(CONN_RESPONSE_SIZE - len(buf))
+                except ConnectionResetError:
+                    chunk = b""
+                if not chunk:
+                    raise IpcError(errno.ENOTCONN, f"{service}: server closed during setup")
+                buf += chunk
+        except TimeoutError:
+            raise IpcError(errno.ETIMEDOUT, f"{service}: no connection response") from None
+        except IpcError:
+            raise
+        except OSError as exc:
+            raise IpcError(exc.errno or errno.ENOTCONN, f"{service}: {exc}") from None
         try:
             err, ctype, negotiated, req, res, evt = unpack_conn_response(bytes(buf))
         except ValueError as exc:
@@ -953,8 +968,10 @@ class IpcClient:
         if self._control is not None:
             self._control.close()
             self._control = None
-        if self._control_path is not None:
-            # the libqb client removes the SOCKET control file and its directory (§2.5)
+        if (self._control_path is not None
+                and os.path.basename(self._control_path).startswith("qb-control-")):
+            # the libqb client removes the SOCKET control file and its directory (§2.5);
+            # only names of libqb's scheme, so a fake server cannot make us delete others
             _unlink(self._control_path)
             try:
                 os.rmdir(os.path.dirname(self._control_path))
