@@ -501,13 +501,23 @@ class Srp:
         elif sender in failed_set:
             pass
         else:
+            before = (len(self._proc), len(self._failed))
             self._set_merge(self._proc, join.proc_list)
             if self.nodeid in f:
                 self._set_add(self._failed, sender)
             elif sender in self._memb:
                 self._set_merge(self._failed, join.failed_list)
-            self._gather_enter(GatherFrom.MERGE_DURING_JOIN)
-            gather_entered = True
+            # Deliberate deviation: corosync re-gathers even when this JOIN taught us
+            # nothing (lists only grow, so equal lengths mean unchanged).  Two nodes
+            # whose failed lists disagree (e.g. after an asymmetric partition) then
+            # answer each other's JOINs forever, and every re-gather restarts the
+            # consensus timer, so the timeout that would settle the dispute never
+            # fires.  We stay put instead: our last JOIN still stands (the join timer
+            # repeats it) and the consensus timer keeps running.
+            if (len(self._proc), len(self._failed)) != before \
+                    or self.state is not MembState.GATHER:
+                self._gather_enter(GatherFrom.MERGE_DURING_JOIN)
+                gather_entered = True
         if not gather_entered and self.state is MembState.OPERATIONAL:
             self._gather_enter(GatherFrom.JOIN_OPERATIONAL)
 
@@ -677,6 +687,11 @@ class Srp:
         self._seq_unchanged = 0
         self._high_seq_received = SEQNO_START_MSG
         self._install_seq = SEQNO_START_MSG
+        # Deliberate: corosync keeps these two from an aborted earlier recovery, so a
+        # node can count rotations of the *previous* attempt and install the ring before
+        # the others (and before it knows they hold the re-sent messages).
+        self._retrans_flg_count = 0
+        self._rotation_counter = 0
         self._last_released = SEQNO_START_MSG
         self._reset_token_timeout(now)
         self._reset_retransmit_timeout()
