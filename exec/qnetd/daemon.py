@@ -219,6 +219,7 @@ class QnetdDaemon:
 
     async def run(self) -> None:
         self.log(LOG_DEBUG, "QNetd ready to provide service")
+        notify_ready()
         self._timer_kick = trio.Event()
         self._shutdown = trio.Event()
         assert self.tcp_raw is not None and self.ipc_raw is not None
@@ -476,6 +477,20 @@ class QnetdDaemon:
             if shutdown:
                 self.log(LOG_DEBUG, "IPC shutdown request - closing server")
                 self._shutdown.set()
+
+
+def notify_ready() -> None:
+    """systemd ``Type=notify``: send READY=1 when started by systemd (NOTIFY_SOCKET set)."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    try:
+        with pysocket.socket(pysocket.AF_UNIX, pysocket.SOCK_DGRAM) as s:
+            s.sendto(b"READY=1", addr)
+    except OSError:
+        pass  # not fatal: systemd would time the unit out and say so
 
 
 def daemonize() -> None:

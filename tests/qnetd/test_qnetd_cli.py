@@ -108,3 +108,26 @@ def test_daemonizes_without_f(tmp_path):
     finally:
         if os.path.exists(f"/proc/{pid}"):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_systemd_ready_notification(tmp_path):
+    import os
+    import socket
+
+    from qnetd_client import free_port, tool
+    path = str(tmp_path / "notify")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(path)
+    listener.settimeout(20)
+    sock = tmp_path / "q.sock"
+    proc = subprocess.Popen([sys.executable, "-m", "corosync.tools.qnetd", "-f", "-s", "off", "-p",
+                             str(free_port()), "-S", f"lock_file={tmp_path}/q.pid,local_socket_file={sock}"],
+                            env={**os.environ, "NOTIFY_SOCKET": path},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert listener.recv(100) == b"READY=1"
+        assert tool(sock, "-s").returncode == 0
+    finally:
+        listener.close()
+        proc.terminate()
+        assert proc.wait(10) == 0
