@@ -331,3 +331,32 @@ def test_malformed_cpg_mcast_request_is_not_answered():
     c = env.connect("cpg")
     assert env.req("cpg", c, cpg.REQ_MCAST, bytes(8) + struct.pack("<I4xI4x", 2, 500) + b"x") is None
     assert env.host.stats.dropped["ipc_malformed"] == 1
+
+
+@pytest.mark.parametrize("service", ["cmap", "cpg"])
+def test_random_requests_one_answer_each_never_raise(service):
+    """Every request except CPG MCAST gets exactly one response, whatever its bytes."""
+    import random
+
+    rng = random.Random(11)
+    env = Env()
+    env.store.set("a.b.c", 1, CmapType.UINT8)
+    conns = [env.connect(service, pid) for pid in (1, 2, 3)]
+    ids = list(env.host.ipc_handlers[service].service.lib_handlers) + [13, 200]
+    for i in range(3000):
+        conn = rng.choice(conns)
+        msg_id = rng.choice(ids)
+        size = rng.choice((0, 1, 8, 24, 136, 140, 152, 264, 272, 280, 296, rng.randrange(400)))
+        payload = bytes(rng.randrange(4) and rng.randrange(256) for _ in range(size))
+        before = len(conn.responses)
+        env.host.ipc_handlers[service].on_request(conn, msg_id, payload)
+        expect = 0 if (service == "cpg" and msg_id == cpg.REQ_MCAST) else 1
+        assert len(conn.responses) - before == expect, (msg_id, payload)
+        if i % 50 == 0:
+            env.loop_back()
+    env.loop_back()
+    for conn in conns:
+        env.host.ipc_handlers[service].on_disconnect(conn)
+    env.loop_back()
+    if service == "cpg":
+        assert env.host.services[2].procs == []
