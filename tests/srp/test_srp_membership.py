@@ -203,3 +203,56 @@ def test_commit_and_recovery_survive_lost_commit_tokens():
     c.start()
     assert c.run_until(c.ring_formed, 60_000)
     assert lost["n"] == 0
+
+
+def test_join_that_changes_nothing_does_not_restart_gather():
+    """Regression (found by corosync-sim): groups whose failed lists disagree must not
+    ping-pong JOINs forever, each one restarting the other's consensus timer."""
+    from corosync.exec.totem.events import Multicast, StartTimer, TimerKind
+    from corosync.exec.totem.srp import Srp
+    from corosync.exec.totem.wire import Join
+
+    node = Srp(1, fast_config(4))
+    node.start(0)
+    node._proc = [1, 2, 3, 4]
+    node._failed = [4]
+    acts = node.receive(Join(3, 3, (1, 2, 3, 4), (2,), 1).encode(), 10)
+    assert not [a for a in acts if isinstance(a, Multicast)]
+    assert not [a for a in acts if isinstance(a, StartTimer) and a.kind is TimerKind.CONSENSUS]
+    assert node.state is MembState.GATHER and node._failed == [4]
+    # a JOIN that does add something still re-gathers at once
+    acts = node.receive(Join(5, 5, (1, 2, 3, 4, 5), (4,), 1).encode(), 11)
+    joins = [decode(a.data) for a in acts if isinstance(a, Multicast)]
+    assert len(joins) == 1 and set(joins[0].proc_list) == {1, 2, 3, 4, 5}
+
+
+def test_disagreeing_failed_lists_converge_after_consensus_timeout():
+    c = Cluster([1, 2, 3, 4])
+    c.start()
+    assert c.run_until(c.ring_formed, 30_000)
+    # an asymmetric history: 1 and 2 consider 4 failed, 3 considers 2 failed
+    c.partition([1, 2], [3], [4])
+    assert c.run_until(lambda: all(c.nodes[i].state is MembState.GATHER for i in (1, 2, 3, 4)),
+                       10_000)
+    for i in (1, 2):
+        c.nodes[i]._failed = [4]
+    c.nodes[3]._failed = [2]
+    c.heal()
+    events_before = c.events
+    assert c.run_until(c.ring_formed, 60_000)
+    assert c.events - events_before < 200_000  # no JOIN storm
+
+
+def test_recovery_entry_resets_install_counters():
+    """Regression (found by corosync-sim): counters left over from an aborted recovery
+    let a node install the next ring a rotation early."""
+    c = Cluster([1, 2, 3])
+    c.start()
+    assert c.run_until(lambda: c.nodes[2].state is MembState.RECOVERY, 30_000)
+    node = c.nodes[2]
+    node._retrans_flg_count, node._rotation_counter = 3, 1
+    c.crash(3)  # this recovery aborts; the next one must count from zero
+    assert c.run_until(lambda: c.nodes[2].state is MembState.RECOVERY and
+                       c.nodes[2].ring_id.seq > 9, 30_000)
+    assert (node._retrans_flg_count, node._rotation_counter) in {(0, 0), (1, 0)}
+    assert c.run_until(lambda: c.ring_formed([1, 2]), 30_000)
