@@ -1,10 +1,12 @@
 """A small deterministic cluster for the service tests: N × (TotemPg(Srp) + ServiceHost)
-on a virtual clock, datagrams delayed 1 ms, nodes that can crash.  It drives the hosts the
+on a virtual clock, datagrams routed by exec/sim's Network (delay, jitter, loss,
+duplication from a seeded random stream), nodes that can crash.  It drives the hosts the
 way exec/node.py is meant to (confchg and PgDeliver in, mcast/send_ok/trans_ack out)."""
 
 from __future__ import annotations
 
 import heapq
+import random
 from typing import Any, Callable
 
 from svc_helpers import FakeConn
@@ -16,6 +18,7 @@ from corosync.exec.totem.events import (CancelTimer, ConfChg, ConfChgKind, Guara
                                         PgDeliver, StartTimer, Unicast)
 from corosync.exec.totem.pg import TotemPg
 from corosync.exec.totem.srp import Srp
+from corosync.exec.sim.network import LinkParams, Network
 
 _NET, _TIMER = 0, 1
 
@@ -54,8 +57,11 @@ class Node:
 
 
 class Cluster:
-    def __init__(self, n: int, **totem: Any) -> None:
+    def __init__(self, n: int, link: LinkParams | None = None, seed: int = 1,
+                 **totem: Any) -> None:
         self.config = derive(n, **({"token": 200, "token_coefficient": 0} | totem))
+        self.net = Network(list(range(1, n + 1)), link or LinkParams(delay=1, jitter=0),
+                           random.Random(seed))
         self.now = 0
         self.heap: list = []
         self.seq = 0
@@ -77,10 +83,11 @@ class Cluster:
                 t = type(a)
                 if t is Multicast:
                     for dst in self.nodes:
-                        self._push(self.now + (0 if dst == node.nodeid else 1), _NET, dst, a.data)
+                        for delay in self.net.route(node.nodeid, dst):
+                            self._push(self.now + delay, _NET, dst, a.data)
                 elif t is Unicast:
-                    self._push(self.now + (0 if a.nodeid == node.nodeid else 1), _NET,
-                               a.nodeid, a.data)
+                    for delay in self.net.route(node.nodeid, a.nodeid):
+                        self._push(self.now + delay, _NET, a.nodeid, a.data)
                 elif t is StartTimer:
                     self.seq += 1
                     node.timers[a.kind] = self.seq

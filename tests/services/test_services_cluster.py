@@ -169,3 +169,27 @@ def test_crash_during_sync_aborts_and_resyncs():
     assert n1.host.sync.stats.aborted >= 1
     assert confchgs(a)[-1] == ([(1, 11, 0)], [], [(3, 33, cpg.REASON_NODEDOWN)])
     assert not n1.host.sync_in_process
+
+
+def test_lossy_network_same_order_and_confchgs():
+    from corosync.exec.sim.network import LinkParams
+
+    c = Cluster(3, link=LinkParams(delay=1, jitter=3, loss=0.05, dup=0.02), seed=7)
+    c.run_until(c.settled((1, 2, 3)))
+    clients = {}
+    for i in (1, 2, 3):
+        clients[i] = c.nodes[i].client(100 + i)
+        join(c.nodes[i], clients[i], b"lossy")
+    every = [(i, 100 + i, 0) for i in (1, 2, 3)]
+    c.run_until(lambda: all(confchgs(x) and confchgs(x)[-1][0] == every
+                            for x in clients.values()))
+    for k in range(40):
+        for i in (1, 2, 3):
+            mcast(c.nodes[i], clients[i], b"%d:%d" % (i, k))
+    c.run_until(lambda: all(len(delivered(x)) == 120 for x in clients.values()))
+    assert delivered(clients[1]) == delivered(clients[2]) == delivered(clients[3])
+    c.crash(2)
+    c.run_until(c.settled((1, 3)))
+    assert confchgs(clients[1])[-1] == confchgs(clients[3])[-1] == (
+        [(1, 101, 0), (3, 103, 0)], [], [(2, 102, cpg.REASON_NODEDOWN)])
+    assert c.net.stats.lost > 0
