@@ -193,3 +193,36 @@ def test_lossy_network_same_order_and_confchgs():
     assert confchgs(clients[1])[-1] == confchgs(clients[3])[-1] == (
         [(1, 101, 0), (3, 103, 0)], [], [(2, 102, cpg.REASON_NODEDOWN)])
     assert c.net.stats.lost > 0
+
+
+def test_malformed_exec_messages_through_the_ring_are_counted():
+    from corosync.exec.service import REQ_HEADER, service_id_make
+    from corosync.exec.totem.events import Guarantee
+
+    c = Cluster(3)
+    c.run_until(c.settled((1, 2, 3)))
+    bad = [b"\x01", REQ_HEADER.pack(service_id_make(2, 0), 168) + bytes(10),  # truncated
+           cpg.encode_joinlist([(1, b"g")])[:-5],  # size field beyond the message
+           cpg.encode_mcast(b"g", 1, 1, b"xyz")[:-2],  # msglen beyond the message
+           REQ_HEADER.pack(service_id_make(2, 0), 168) + struct.pack("<I", 500) + bytes(148),
+           cmap.encode_cmap_mcast(0, [cmap.McastItem("a.b.c", 12, b"x" * 40)])[:-30],
+           REQ_HEADER.pack(service_id_make(2, 9), 16),  # unknown fn
+           cmap.MCAST_HEADER.pack(0, 255, 0, 0)]  # cmap with 255 items
+    n1 = c.nodes[1]
+    for msg in bad:
+        n1._mcast(b"a", msg, Guarantee.AGREED)
+    n1._mcast(b"sync", b"\x05" + bytes(40), Guarantee.AGREED)  # unknown sync message
+    c.apply(n1, [])
+    c.run_until(lambda: all(sum(n.host.stats.dropped.values()) == len(bad)
+                            for n in c.nodes.values()))
+    for n in c.nodes.values():
+        assert n.host.sync.stats.malformed == 1
+        assert set(n.host.stats.dropped) == {"exec_short", "truncated", "cpg_bad_size",
+                                             "cpg_bad_name", "cmap_bad_size", "exec_unknown_fn",
+                                             "cmap_bad_count"}
+    # still fully working
+    a, b = n1.client(1), c.nodes[2].client(2)
+    join(n1, a, b"g")
+    join(c.nodes[2], b, b"g")
+    mcast(n1, a, b"after")
+    c.run_until(lambda: delivered(b) == [(1, 1, b"after")])
