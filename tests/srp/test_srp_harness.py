@@ -44,6 +44,8 @@ class Cluster:
         self.drivers: dict[int, object] = dict(self.nodes)
         self.alive: set[int] = set(ids)
         self.blocked: set[tuple[int, int]] = set()
+        #: node -> virtual time until which it is frozen (its inputs wait, then flood in)
+        self.paused: dict[int, int] = {}
         self.drop: Optional[DropFn] = None
         self.auto_trans_ack = trans_ack
         self._heap: list[tuple[int, int, tuple]] = []
@@ -113,6 +115,12 @@ class Cluster:
         at, _, item = heapq.heappop(self._heap)
         self.now = max(self.now, at)
         self.events += 1
+        until = self.paused.get(item[1])
+        if until is not None:
+            if self.now < until:
+                self._push(until, item)  # order among the held items is kept
+                return True
+            del self.paused[item[1]]
         if item[0] == "net":
             _, dst, data = item
             if dst in self.alive:
@@ -157,6 +165,9 @@ class Cluster:
         groups = [set(g) for g in groups]
         self.blocked = {(a, b) for g in groups for h in groups if g is not h
                         for a in g for b in h}
+
+    def pause(self, nodeid: int, ms: int) -> None:
+        self.paused[nodeid] = self.now + ms
 
     def heal(self) -> None:
         self.blocked = set()

@@ -95,7 +95,12 @@ def test_random_faults_keep_order_and_virtual_synchrony(seed):
             rng.shuffle(ids)
             cut = rng.randrange(1, len(ids))
             c.partition(ids[:cut], ids[cut:])
-        elif fault < 0.75:
+        elif fault < 0.7:
+            a, b = rng.sample(sorted(c.nodes), 2)
+            c.blocked.add((a, b))  # asymmetric: a can no longer reach b
+        elif fault < 0.8:
+            c.pause(rng.choice(sorted(c.nodes)), rng.randrange(100, 3_000))
+        elif fault < 0.9:
             c.heal()
     # heal phase: everything up, links clean
     c.heal()
