@@ -114,6 +114,67 @@ def _libqb_client(service: str, seconds: float) -> dict:
     return out
 
 
+def _cmap_get_client(seconds: float) -> dict:
+    """Round trips of a 288-byte cmap GET (totem.cluster_name) against whatever serves `cmap`."""
+    from corosync.lib.ipc import IpcClient
+    key = b"totem.cluster_name"
+    payload = struct.pack("<H6x", len(key)) + key.ljust(256, b"\0") + struct.pack("<Q", 64)
+    c = IpcClient.connect("cmap")
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        for _ in range(50):
+            assert c.request(2, payload)[1] == 1
+        n += 50
+    rate = n / (time.perf_counter() - t0)
+    kind = c.conn_type.name.lower()
+    c.close()
+    return {"type": kind, "rate": rate}
+
+
+def _bench_real_corosync(seconds: float) -> None:
+    """Same client, Debian's corosync 3.1.7 as the server (own net+mount namespace)."""
+    import shutil
+    import signal
+    import subprocess
+    import tempfile
+    if not (os.path.exists("/usr/sbin/corosync") and os.geteuid() == 0
+            and shutil.which("unshare") and shutil.which("nsenter")):
+        print("(real corosync comparison skipped: needs root, unshare, nsenter, corosync)")
+        return
+    for ipc_type in ("shm", "socket"):
+        with tempfile.TemporaryDirectory() as tmp:
+            conf = os.path.join(tmp, "corosync.conf")
+            system = "system {\n qb_ipc_type: socket\n}\n" if ipc_type == "socket" else ""
+            with open(conf, "w") as f:
+                f.write("totem {\n version: 2\n cluster_name: bench\n transport: udpu\n"
+                        " crypto_cipher: none\n crypto_hash: none\n}\n"
+                        "logging {\n to_stderr: no\n to_syslog: no\n}\n"
+                        "nodelist {\n node {\n ring0_addr: 127.0.0.1\n nodeid: 1\n }\n}\n"
+                        + system)
+            inner = ("ip link set lo up && mount -t tmpfs none /run && mount -t tmpfs none "
+                     "/var/lib/corosync && mount -t tmpfs none /dev/shm && "
+                     f"exec /usr/sbin/corosync -f -c {conf}")
+            daemon = subprocess.Popen(["unshare", "-m", "-n", "sh", "-c", inner],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                deadline = time.monotonic() + 20
+                while True:
+                    proc = subprocess.run(
+                        ["nsenter", "-t", str(daemon.pid), "-m", "-n", sys.executable,
+                         __file__, "--client", "cmapget", "--seconds", str(seconds)],
+                        capture_output=True, env={**os.environ,
+                                                  "PYTHONPATH": os.pathsep.join(sys.path)})
+                    if proc.returncode == 0 or time.monotonic() > deadline:
+                        break
+                    time.sleep(0.2)
+                if proc.returncode == 0:
+                    out = json.loads(proc.stdout)
+                    print(f"{out['type']:9} python  cmap GET vs real corosync {out['rate']:10,.0f}")
+            finally:
+                os.kill(daemon.pid, signal.SIGTERM)
+                daemon.wait(15)
+
+
 # -- server side ----------------------------------------------------------------------------
 
 
@@ -144,15 +205,19 @@ async def _bench(seconds: float) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=1.0)
-    ap.add_argument("--client", choices=["python", "libqb"])
+    ap.add_argument("--client", choices=["python", "libqb", "cmapget"])
     ap.add_argument("--service")
     args = ap.parse_args()
+    if args.client == "cmapget":
+        print(json.dumps(_cmap_get_client(args.seconds)))
+        return
     if args.client:
         fn = _py_client if args.client == "python" else _libqb_client
         print(json.dumps(fn(args.service, args.seconds)))
         return
     print(f"load average before: {os.getloadavg()[0]:.2f} ({os.cpu_count()} CPUs)")
     trio.run(_bench, args.seconds)
+    _bench_real_corosync(args.seconds)
 
 
 if __name__ == "__main__":
