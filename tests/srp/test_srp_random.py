@@ -13,6 +13,7 @@ import random
 import pytest
 
 from corosync.exec.totem.events import ConfChg, ConfChgKind, Deliver, Guarantee
+from corosync.exec.totem.seq import sq_lte
 from corosync.exec.totem.srp import QueueFull
 from corosync.exec.totem.wire import decode
 
@@ -70,6 +71,23 @@ def test_random_faults_keep_order_and_virtual_synchrony(seed):
     history: dict[int, list] = {i: [] for i in c.nodes}
     c.observers.append(lambda i, a: history[i].append(("msg", a)) if isinstance(a, Deliver)
                        else history[i].append(("conf", a)) if isinstance(a, ConfChg) else None)
+    members: dict[int, tuple] = {}
+    unsafe: list = []
+
+    def safe_check(i, a):
+        """A SAFE delivery inside a regular configuration: every member still on that
+        ring must hold the message (received, or already released = acknowledged)."""
+        if isinstance(a, ConfChg):
+            members[i] = a.members if a.kind == ConfChgKind.REGULAR else ()
+        elif isinstance(a, Deliver) and a.guarantee == Guarantee.SAFE:
+            for j in members.get(i, ()):
+                other = c.nodes[j]
+                if j in c.alive and other.ring_id == a.ring_id and other._regular is not None:
+                    held = a.seq in other._regular.items or sq_lte(a.seq, other._last_released)
+                    if not held and other.state.name == "OPERATIONAL":
+                        unsafe.append((i, j, a.seq, a.payload))
+
+    c.observers.append(safe_check)
     loss = rng.choice([0.0, 0.02, 0.1])
     c.drop = lambda src, dst, data: src != dst and rng.random() < loss
     c.start()
@@ -115,3 +133,4 @@ def test_random_faults_keep_order_and_virtual_synchrony(seed):
     assert c.run_until(lambda: all(finals <= set(c.payloads(i)) for i in c.nodes), 30_000)
     _check(c)
     _virtual_synchrony(c, history)
+    assert not unsafe, unsafe[:5]
