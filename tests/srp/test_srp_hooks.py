@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from corosync.exec.totem.events import ConfChg, ConfChgKind, Deliver, Multicast
-from corosync.exec.totem.srp import MembState, Srp
-from corosync.exec.totem.wire import Mcast, decode
+from corosync.exec.totem.events import Multicast
 
 from test_srp_harness import Cluster, formed_cluster
 

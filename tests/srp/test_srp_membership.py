@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from corosync.exec.totem.events import ConfChgKind, Deliver, LogLevel
 from corosync.exec.totem.srp import MembState
-from corosync.exec.totem.wire import Mcast, decode
+from corosync.exec.totem.wire import decode
 
 from test_srp_harness import Cluster, fast_config, formed_cluster
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from corosync.exec.totem.events import Guarantee, Multicast, Unicast
+from corosync.exec.totem.events import Deliver, Guarantee, Multicast, Unicast
 from corosync.exec.totem.seq import U32, sq_lte
 from corosync.exec.totem.wire import Mcast, OrfToken, decode
 
-from test_srp_harness import Cluster, formed_cluster
+from test_srp_harness import formed_cluster
 
 
 def _is_mcast(data: bytes, payload: bytes) -> bool:
@@ -39,7 +39,6 @@ def test_safe_is_delivered_only_once_every_member_has_it():
     violations = []
 
     def check(nodeid, action):
-        from corosync.exec.totem.events import Deliver
         if isinstance(action, Deliver) and action.guarantee == Guarantee.SAFE:
             for j, other in c.nodes.items():
                 held = action.seq in other._regular.items or sq_lte(action.seq,
@@ -74,14 +73,15 @@ def test_safe_waits_for_a_member_that_missed_it_agreed_does_not():
     assert c.payloads(3) == []
     c.send(1, b"safe", Guarantee.SAFE)
     # while node 3 lacks it (and has not been sent a retransmission) nobody delivers it
-    seen_at_3 = lambda: 3 and any(s for s in c.nodes[3]._regular.items.values()
-                                  if s[0].payload == b"safe")
-    before = []
-    c.observers.append(lambda n, a: before.append((n, seen_at_3()))
-                       if getattr(a, "payload", None) == b"safe" and not isinstance(
-                           a, (Multicast, Unicast)) else None)
+    def node3_holds_it() -> bool:
+        return any(s[0].payload == b"safe" for s in c.nodes[3]._regular.items.values()) \
+            or b"safe" in c.payloads(3)
+
+    at_delivery = []  # for every delivery of "safe": did node 3 hold it already?
+    c.observers.append(lambda n, a: at_delivery.append((n, node3_holds_it()))
+                       if isinstance(a, Deliver) and a.payload == b"safe" else None)
     assert c.run_until(lambda: all(b"safe" in c.payloads(i) for i in (1, 2, 3)), 20_000)
-    assert before and all(had for _n, had in before)
+    assert len(at_delivery) == 3 and all(had for _n, had in at_delivery)
     assert c.payloads(1) == c.payloads(2) == c.payloads(3) == [b"agreed", b"safe"]
     assert sum(n.stats.mcast_retx for n in c.nodes.values()) >= 2
 

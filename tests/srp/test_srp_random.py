@@ -15,7 +15,6 @@ import pytest
 from corosync.exec.totem.events import ConfChg, ConfChgKind, Deliver, Guarantee
 from corosync.exec.totem.seq import sq_lte
 from corosync.exec.totem.srp import QueueFull
-from corosync.exec.totem.wire import decode
 
 from test_srp_harness import Cluster
 

@@ -14,7 +14,7 @@ from corosync.exec.totem.srp import MembState, Srp
 from corosync.exec.totem.wire import (CommitToken, Join, Mcast, MembEntry, MergeDetect,
                                       OrfToken, RingId, RtrItem, TokenHoldCancel, decode)
 
-from test_srp_harness import Cluster, fast_config, formed_cluster
+from test_srp_harness import Cluster, formed_cluster
 
 
 # ---------------------------------------------------------------- seq arithmetic
