@@ -1,0 +1,65 @@
+"""A CPG client speaking the raw IPC protocol through lib/ipc.py (works against our
+executive and against Debian's corosync).  Usage: python svc_cpg_client.py GROUP TEXT
+PEERS [stay]: join GROUP, wait until PEERS processes are members, mcast TEXT, wait for
+PEERS deliveries; with "stay" also wait for a process to leave.  Prints JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import sys
+import time
+
+from corosync.lib.ipc import IpcClient
+
+JOIN, MCAST, MEMBERSHIP = 0, 2, 3
+CONFCHG, DELIVER, TOTEM = 4, 5, 13
+
+
+def main() -> None:
+    group, text, peers = sys.argv[1].encode(), sys.argv[2].encode(), int(sys.argv[3])
+    stay = len(sys.argv) > 4
+    out: dict = {"confchg": [], "deliver": [], "pid": os.getpid()}
+    deadline = time.monotonic() + 30
+    c = IpcClient.connect("cpg", timeout=10)
+    while True:
+        rid, err, _ = c.request(JOIN, struct.pack("<I4x128sI4xI4x", len(group), group,
+                                                  os.getpid(), 0), 10)
+        if err != 6:  # TRY_AGAIN while sync runs
+            break
+        time.sleep(0.1)
+    out["join"] = [rid, err]
+
+    def pump(timeout: float) -> None:
+        ev = c.recv_event(timeout)
+        while ev is not None:
+            eid, _err, body = ev
+            if eid == CONFCHG:
+                m, j, lft = struct.unpack_from("<I4xI4xI", body, 136)
+                ents = [list(struct.unpack_from("<I4xI4xI", body, 160 + 24 * i))
+                        for i in range(m + j + lft)]
+                out["confchg"].append([ents[:m], ents[m + lft:], ents[m:m + lft]])
+            elif eid == DELIVER:
+                msglen, nodeid, pid = struct.unpack_from("<I4xI4xI", body, 136)
+                out["deliver"].append([nodeid, pid, body[160:160 + msglen].decode()])
+            ev = c.recv_event(0)
+
+    while not (out["confchg"] and len(out["confchg"][-1][0]) >= peers):
+        pump(0.2)
+        assert time.monotonic() < deadline, out
+    c.send(struct.pack("<i4xi4xi4xI4xI4x", MCAST, 40 + len(text), 0, 2, len(text)) + text,
+           fc_enable_max=2)
+    while len(out["deliver"]) < peers:
+        pump(0.2)
+        assert time.monotonic() < deadline, out
+    if stay:
+        while not out["confchg"][-1][2]:
+            pump(0.2)
+            assert time.monotonic() < deadline, out
+    c.close()
+    print(json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    main()
