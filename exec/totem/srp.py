@@ -1156,11 +1156,17 @@ class Srp:
     # ------------------------------------------------------------------ timers
     def _on_token_loss_timer(self, now: int) -> None:
         if self._loss_warn_phase:
-            self._loss_warn_phase = False
             since = self._last_token_rx if self._last_token_rx is not None else self._loss_armed_at
             self._log(LogLevel.NOTICE, f"Token has not been received in {now - since} ms ")
+            # corosync repeats the warning every warning period until the token is lost
             token = self.config.token
-            self._start(TimerKind.TOKEN_LOSS, token - self.config.token_warning * token // 100)
+            warn = self.config.token_warning * token // 100
+            left = self._loss_armed_at + token - now
+            if warn < left:
+                self._start(TimerKind.TOKEN_LOSS, warn)
+            else:
+                self._loss_warn_phase = False
+                self._start(TimerKind.TOKEN_LOSS, max(left, 0))
             return
         state = self.state
         cfg = self.config

@@ -256,3 +256,16 @@ def test_recovery_entry_resets_install_counters():
                        c.nodes[2].ring_id.seq > 9, 30_000)
     assert (node._retrans_flg_count, node._rotation_counter) in {(0, 0), (1, 0)}
     assert c.run_until(lambda: c.ring_formed([1, 2]), 30_000)
+
+
+def test_token_warning_repeats_every_warning_period_until_loss():
+    cfg = fast_config(2, token_warning=25)  # warn at 250, 500, 750 ms; lost at 1000
+    c = Cluster([1, 2], config=cfg)
+    c.start()
+    assert c.run_until(c.ring_formed, 30_000)
+    c.crash(2)
+    assert c.run_until(lambda: c.nodes[1].state is not MembState.OPERATIONAL, 5_000)
+    warns = [int(l.split()[-2]) for l in c.log_lines(1) if l.startswith("Token has not")]
+    assert len(warns) == 3
+    assert all(200 <= w < 1000 for w in warns) and warns == sorted(warns)
+    assert warns[1] - warns[0] == warns[2] - warns[1] == 250
