@@ -142,6 +142,22 @@ def test_cpg_across_a_mixed_ring(tmp_path):
         assert any(sorted(c[0]) == members for c in real["confchg"])
         # our client exited: the real side saw it leave with reason PROCDOWN (5)
         assert real["confchg"][-1][2] == [[3, ours["pid"], 5]]
+        # cmap: each side recorded the other's config_version from our CMAP_MCAST exchange;
+        # Debian's corosync-cmapctl reads ours through our IPC server
+        cmapctl = "/usr/sbin/corosync-cmapctl"  # Debian's tool (not a same-named shim)
+        real_view = subprocess.run(["nsenter", "-t", str(procs[1].pid), "-m", "-n", cmapctl,
+                                    "-g", "runtime.members.3.config_version"],
+                                   capture_output=True, text=True, timeout=20)
+        assert real_view.stdout.strip() == "runtime.members.3.config_version (u64) = 0", \
+            real_view
+        our_view = subprocess.run(["ip", "netns", "exec", localcluster.ns_name(state, 3),
+                                   cmapctl, "-g", "runtime.members.1.config_version"],
+                                  capture_output=True, text=True, timeout=20)
+        assert our_view.stdout.strip() == "runtime.members.1.config_version (u64) = 0", our_view
+        name = subprocess.run(["ip", "netns", "exec", localcluster.ns_name(state, 3),
+                               cmapctl, "-g", "totem.cluster_name"],
+                              capture_output=True, text=True, timeout=20)
+        assert name.stdout.strip() == "totem.cluster_name (str) = svcinterop", name
         for i in (1, 2, 3):
             assert procs[i].poll() is None, f"n{i} exited: {text(i)[-2000:]}"
     finally:
