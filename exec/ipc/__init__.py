@@ -7,7 +7,7 @@ answer through :class:`IpcConnection`.  See docs/ipc.md.
 
 from corosync.exec.ipc.connection import IpcConnection
 from corosync.exec.ipc.server import (IpcHandler, IpcServer, IpcStats, default_auth,
-                                      parse_ipc_type, remove_stale_dirs)
+                                      parse_ipc_type, remove_stale_dirs, serve_services)
 
 __all__ = ["IpcConnection", "IpcHandler", "IpcServer", "IpcStats", "default_auth",
-           "parse_ipc_type", "remove_stale_dirs"]
+           "parse_ipc_type", "remove_stale_dirs", "serve_services"]

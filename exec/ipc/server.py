@@ -20,7 +20,7 @@ import shutil
 import socket
 import stat
 import tempfile
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Awaitable, Callable, Mapping, Protocol
 
 import attrs
 import trio
@@ -429,6 +429,21 @@ class IpcServer:
                 self.stats.handler_errors += 1
                 self.log_limited(LogLevel.ERROR, f"disconnect:{self.service}",
                                  f"{self.service}: on_disconnect failed: {exc!r}")
+
+
+async def serve_services(handlers: Mapping[str, IpcHandler], *,
+                         task_status: trio.TaskStatus[list[IpcServer]] =
+                         trio.TASK_STATUS_IGNORED, **options: Any) -> None:
+    """Run one :class:`IpcServer` per ``{service name: handler}`` with shared ``options``.
+
+    ``servers = await nursery.start(serve_services, host.ipc_handlers, ipc_type=...)``
+    returns the started servers (all listening); cancel the nursery to stop them all.
+    """
+    servers = [IpcServer(name, handler, **options) for name, handler in handlers.items()]
+    async with trio.open_nursery() as nursery:
+        for server in servers:
+            await nursery.start(server.serve)
+        task_status.started(servers)
 
 
 _CONN_DIR = re.compile(r"^qb-(\d+)-(\d+)-(\d+)-")

@@ -467,3 +467,20 @@ async def test_transport_setup_failure_is_reported(tmp_path) -> None:
         await wait_until(lambda: srv.stats.active == 0)
         assert list(tmp_path.iterdir()) == []
         n.cancel_scope.cancel()
+
+
+async def test_serve_services_runs_one_server_per_handler(tmp_path) -> None:
+    from corosync.exec.ipc import serve_services
+    handlers = {name: Service() for name in ("cmap", "cpg", "quorum")}
+    async with trio.open_nursery() as n:
+        servers = await n.start(lambda task_status: serve_services(
+            handlers, ipc_dir=tmp_path, ipc_type="socket", task_status=task_status))
+        assert sorted(s.service for s in servers) == ["cmap", "cpg", "quorum"]
+        for name in handlers:
+            c = await RUN(lambda: IpcClient.connect(name, ipc_dir=tmp_path))
+            assert c.conn_type == IpcType.SOCKET
+            assert (await RUN(lambda: c.request(1, name.encode(), 5)))[2] == name.encode()
+            c.close()
+        assert all(len(h.connected) == 1 for h in handlers.values())
+        n.cancel_scope.cancel()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
