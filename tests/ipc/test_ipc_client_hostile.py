@@ -11,7 +11,7 @@ import threading
 import pytest
 
 from corosync.lib.ipc import (CONN_RESPONSE_SIZE, IpcClient, IpcError, ShmRing,
-                              abstract_address, pack_conn_response)
+                              pack_conn_response, setup_address)
 
 from ipc_helpers import unique_name
 
@@ -19,7 +19,7 @@ from ipc_helpers import unique_name
 def _fake_server(name: str, answer) -> threading.Thread:
     """Accept one client, read its 24 bytes, then run answer(sock)."""
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(abstract_address(name))
+    listener.bind(setup_address(name))
     listener.listen(1)
     listener.settimeout(10)
 

@@ -18,12 +18,12 @@ from ipc_helpers import Service, start_server, wait_until, wait_until_sync
 RUN = trio.to_thread.run_sync
 
 
-def _raw_setup(service: str, data: bytes, half_close: bool) -> bytes:
+def _raw_setup(address: str | bytes, data: bytes, half_close: bool) -> bytes:
     """Send raw bytes to the setup socket; return whatever the server answers before EOF."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(5)
     try:
-        s.connect(abstract_address(service))
+        s.connect(address)
         s.sendall(data)
         if half_close:
             s.shutdown(socket.SHUT_WR)
@@ -64,7 +64,7 @@ async def test_setup_socket_fuzz() -> None:
         cases = _setup_cases()
         accepted = 0
         for data, half_close in cases:
-            answer = await RUN(lambda: _raw_setup(srv.service, data, half_close))
+            answer = await RUN(lambda: _raw_setup(srv.address, data, half_close))
             mid, size, max_msg = struct.unpack("<i4xi4xI4x", (data + b"\0" * 24)[:24])
             if len(data) >= 24 and mid == -1 and size == 24:
                 # a well-formed request (possibly followed by junk): a full response
