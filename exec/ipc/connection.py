@@ -225,8 +225,9 @@ class SocketChannel:
             await trio.sleep(delay)
 
     async def receive(self, conn: "IpcConnection") -> None:
-        # reused receive buffer (one byte more than allowed, to detect oversized datagrams)
-        self._rxbuf = bytearray(self.max_msg_size + 1)
+        # one byte more than allowed, to detect oversized datagrams; the buffer is shared by
+        # every connection of the server (each datagram is copied out before any await)
+        rxbuf = conn.server.receive_buffer(self.max_msg_size + 1)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch_setup)
             while True:
@@ -235,8 +236,8 @@ class SocketChannel:
                 if conn.paused:
                     continue                 # paused while we were waiting
                 try:
-                    n, sender = self.request_sock.recvfrom_into(self._rxbuf)
-                    data = bytes(memoryview(self._rxbuf)[:n])
+                    n, sender = self.request_sock.recvfrom_into(rxbuf)
+                    data = bytes(rxbuf[:n])
                 except (BlockingIOError, InterruptedError):
                     continue
                 except OSError as exc:

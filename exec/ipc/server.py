@@ -153,6 +153,13 @@ class IpcServer:
         self._ids = itertools.count(1)
         self._listener: socket.socket | None = None
         self._socket_path: str | None = None
+        self._rxbuf = bytearray()
+
+    def receive_buffer(self, size: int) -> memoryview:
+        """A scratch buffer of ``size`` bytes shared by this server's SOCKET connections."""
+        if len(self._rxbuf) < size:
+            self._rxbuf = bytearray(size)
+        return memoryview(self._rxbuf)[:size]
 
     # -- addresses / logging -----------------------------------------------------------------
 
