@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import os
 import struct
 import sys
 
@@ -41,6 +42,14 @@ def main() -> None:
     fd = ctypes.c_int32(-1)
     out["fd_rc"] = qb.qb_ipcc_fd_get(conn, ctypes.byref(fd))
     out["buffer_size"] = qb.qb_ipcc_get_buffer_size(conn)
+    # what Pacemaker checks (spec §1.8): SO_PEERCRED of the fd qb_ipcc_fd_get returns
+    import socket
+    probe = socket.socket(fileno=os.dup(fd.value))
+    try:
+        raw = probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+        out["peercred"] = list(struct.unpack("<iII", raw))
+    finally:
+        probe.close()
     buf = ctypes.create_string_buffer(MAX)
 
     def roundtrip(msg_id: int, payload: bytes) -> tuple[int, int, int, bytes]:

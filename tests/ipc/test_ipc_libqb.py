@@ -46,6 +46,12 @@ async def test_libqb_client_against_our_server(ipc_type: str) -> None:
         with trio.fail_after(30):
             out = await _run(srv.service, "echo")
         assert out["fd_rc"] == 0 and out["buffer_size"] == 1048576
+        if ipc_type == "shm":
+            # the poll fd is the setup socket: its peer is us (Pacemaker requires uid/gid 0)
+            assert out["peercred"] == [os.getpid(), os.geteuid(), os.getegid()]
+        else:
+            # a connected datagram socket carries no credentials: Pacemaker refuses SOCKET
+            assert out["peercred"] == [0, 0xFFFFFFFF, 0xFFFFFFFF]
         assert all(ok for _size, ok in out["echo"]), out["echo"]
         assert out["event"] == [24 + 12, 7, 36, 1, "event please"]
         assert out["flood_in_order"] is True
