@@ -1,0 +1,246 @@
+"""Things every corosync client library shares: ``cs_error_t``, :class:`CsError`, dispatch and
+track flags, and the small machinery that lets one protocol description drive both a blocking
+handle and a trio handle.
+
+Why a "call plan" instead of two implementations: every library call is a short, fixed
+conversation with the executive (send a request, read one response, maybe send another).  The
+conversation is written once as a generator that *yields* what it wants sent
+(:class:`Request`, :class:`SendOnly`, :class:`Pause`) and receives the decoded reply; a blocking
+runner (:func:`run_blocking`) and a trio runner (:func:`run_async`) execute it.  The protocol
+logic is therefore identical for both APIs and can be tested without any transport.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from collections.abc import Generator
+from typing import Any, Final, TypeVar
+
+from attrs import frozen
+
+from corosync.lib.ipc import AsyncIpcClient, IpcClient, IpcError
+
+__all__ = [
+    "CsErrorCode", "CsError", "DispatchFlags", "TrackFlags", "cs_strerror", "Request",
+    "SendOnly", "Pause", "Reply", "Plan", "run_blocking", "run_async", "check",
+    "RateLimitedLog",
+]
+
+
+class CsErrorCode(enum.IntEnum):
+    """corosync's ``cs_error_t``.  Note CS_OK is 1, not 0 (spec/ipc-wire.md §4.0)."""
+
+    CS_OK = 1
+    CS_ERR_LIBRARY = 2
+    CS_ERR_VERSION = 3
+    CS_ERR_INIT = 4
+    CS_ERR_TIMEOUT = 5
+    CS_ERR_TRY_AGAIN = 6
+    CS_ERR_INVALID_PARAM = 7
+    CS_ERR_NO_MEMORY = 8
+    CS_ERR_BAD_HANDLE = 9
+    CS_ERR_BUSY = 10
+    CS_ERR_ACCESS = 11
+    CS_ERR_NOT_EXIST = 12
+    CS_ERR_NAME_TOO_LONG = 13
+    CS_ERR_EXIST = 14
+    CS_ERR_NO_SPACE = 15
+    CS_ERR_INTERRUPT = 16
+    CS_ERR_NAME_NOT_FOUND = 17
+    CS_ERR_NO_RESOURCES = 18
+    CS_ERR_NOT_SUPPORTED = 19
+    CS_ERR_BAD_OPERATION = 20
+    CS_ERR_FAILED_OPERATION = 21
+    CS_ERR_MESSAGE_ERROR = 22
+    CS_ERR_QUEUE_FULL = 23
+    CS_ERR_QUEUE_NOT_AVAILABLE = 24
+    CS_ERR_BAD_FLAGS = 25
+    CS_ERR_TOO_BIG = 26
+    CS_ERR_NO_SECTIONS = 27
+    CS_ERR_CONTEXT_NOT_FOUND = 28
+    CS_ERR_TOO_MANY_GROUPS = 30
+    CS_ERR_SECURITY = 100
+
+
+def cs_strerror(code: int) -> str:
+    """The text corosync's ``cs_strerror`` prints: the enum name, "success" for CS_OK and
+    "unknown error" for anything else (the tools print these verbatim)."""
+    if code == CsErrorCode.CS_OK:
+        return "success"
+    try:
+        return CsErrorCode(code).name
+    except ValueError:
+        return "unknown error"
+
+
+class CsError(Exception):
+    """A corosync call failed; ``code`` is the ``cs_error_t`` the C library would return.
+
+    The raw integer is kept when the executive sends a value outside the enum, so nothing is
+    lost (``code`` is then a plain int and ``str()`` says "unknown error").
+    """
+
+    def __init__(self, code: int, detail: str = "") -> None:
+        try:
+            self.code: CsErrorCode | int = CsErrorCode(code)
+        except ValueError:
+            self.code = int(code)
+        self.detail = detail
+        text = cs_strerror(code)
+        super().__init__(f"{text}: {detail}" if detail else text)
+
+
+class DispatchFlags(enum.IntEnum):
+    """``cs_dispatch_flags_t``: how much :meth:`dispatch` processes."""
+
+    ONE = 1                #: wait for one event and process it
+    ALL = 2                #: process every event already queued, never wait
+    BLOCKING = 3           #: process events until the handle is finalized or the link dies
+    ONE_NONBLOCKING = 4    #: process at most one queued event, never wait
+
+
+class TrackFlags(enum.IntFlag):
+    """CS_TRACK_* (quorum/votequorum style tracking)."""
+
+    CURRENT = 0x01
+    CHANGES = 0x02
+    CHANGES_ONLY = 0x04
+
+
+# --------------------------------------------------------------------------------------------
+# Call plans
+# --------------------------------------------------------------------------------------------
+
+
+@frozen
+class Request:
+    """Send ``message`` (header included) and wait for its response."""
+
+    message: bytes
+
+
+@frozen
+class SendOnly:
+    """Send ``message`` and expect no response (CPG MCAST).  ``fc_enable_max`` is libqb's
+    flow-control threshold for this send (libcpg raises it to 2 around MCAST)."""
+
+    message: bytes
+    fc_enable_max: int = 1
+
+
+@frozen
+class Pause:
+    """Wait a little before the next step (retry loops such as CPG JOIN on CS_ERR_BUSY)."""
+
+    seconds: float
+
+
+@frozen
+class Reply:
+    """A decoded response header and its body (everything after the 24-byte header)."""
+
+    msg_id: int
+    error: int
+    payload: bytes
+
+
+Step = Request | SendOnly | Pause
+T = TypeVar("T")
+Plan = Generator[Step, "Reply | None", T]
+
+
+def _ipc_failure(exc: IpcError) -> CsError:
+    return CsError(int(exc.cs_error), str(exc))
+
+
+def run_blocking(client: IpcClient, plan: Plan[T], timeout: float | None = None) -> T:
+    """Execute a call plan over a blocking :class:`IpcClient`."""
+    reply: Reply | None = None
+    try:
+        while True:
+            try:
+                step = plan.send(reply)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+            reply = None
+            try:
+                if isinstance(step, Request):
+                    reply = Reply(*client.request_raw(step.message, timeout))
+                elif isinstance(step, SendOnly):
+                    client.send(step.message, fc_enable_max=step.fc_enable_max)
+                else:
+                    time.sleep(step.seconds)
+            except IpcError as exc:
+                raise _ipc_failure(exc) from None
+    finally:
+        plan.close()
+
+
+async def run_async(client: AsyncIpcClient, plan: Plan[T], timeout: float | None = None) -> T:
+    """Execute a call plan over a trio :class:`AsyncIpcClient`."""
+    import trio
+
+    reply: Reply | None = None
+    try:
+        while True:
+            try:
+                step = plan.send(reply)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+            reply = None
+            try:
+                if isinstance(step, Request):
+                    reply = Reply(*await client.request_raw(step.message, timeout))
+                elif isinstance(step, SendOnly):
+                    client.client.send(step.message, fc_enable_max=step.fc_enable_max)
+                else:
+                    await trio.sleep(step.seconds)
+            except IpcError as exc:
+                raise _ipc_failure(exc) from None
+            except ValueError as exc:   # AsyncIpcClient surfaces a bad header as ValueError
+                raise CsError(CsErrorCode.CS_ERR_MESSAGE_ERROR, str(exc)) from None
+    finally:
+        plan.close()
+
+
+def check(reply: Reply | None, what: str) -> Reply:
+    """Raise :class:`CsError` unless ``reply`` says CS_OK; return it otherwise."""
+    if reply is None:
+        raise CsError(CsErrorCode.CS_ERR_LIBRARY, f"{what}: no response")
+    if reply.error != CsErrorCode.CS_OK:
+        raise CsError(reply.error, what)
+    return reply
+
+
+# --------------------------------------------------------------------------------------------
+# Logging bad input without flooding
+# --------------------------------------------------------------------------------------------
+
+
+class RateLimitedLog:
+    """Log a warning at most once per ``interval`` seconds per message kind.
+
+    A misbehaving executive could send thousands of malformed events; the library drops and
+    counts them, and this keeps the log readable while still saying that it happens.
+    """
+
+    INTERVAL: Final = 10.0
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._logger = logger
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def warning(self, kind: str, message: str, *args: Any) -> None:
+        now = time.monotonic()
+        last = self._last.get(kind)
+        if last is not None and now - last < self.INTERVAL:
+            self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
+            return
+        self._last[kind] = now
+        dropped = self._suppressed.pop(kind, 0)
+        if dropped:
+            message += f" ({dropped} similar messages suppressed)"
+        self._logger.warning(message, *args)

@@ -1,0 +1,150 @@
+"""A real Debian corosync 3.1.7 in its own network + mount namespace, for live client tests.
+
+The daemon hard-codes /run/corosync.pid and /var/lib/corosync and puts its IPC files in
+/dev/shm; its setup sockets are abstract, i.e. per network namespace.  So it runs under
+`unshare -m -n` with tmpfs over those paths, and every client (our Python scripts, our tools,
+Debian's tools) runs inside the same namespaces through `nsenter`.
+
+Imported by tests/clients and tests/tools (which add this directory to sys.path).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REAL = "/usr/sbin/corosync"
+DEBIAN_CMAPCTL = "/usr/sbin/corosync-cmapctl"
+DEBIAN_CPGTOOL = "/usr/sbin/corosync-cpgtool"
+
+CONF = """totem {{
+    version: 2
+    cluster_name: clientlab
+    transport: udpu
+    crypto_cipher: none
+    crypto_hash: none
+    token: 1000
+    token_coefficient: 0
+}}
+logging {{
+    to_stderr: no
+    to_syslog: no
+    to_logfile: yes
+    logfile: {log}
+}}
+quorum {{
+    provider: corosync_votequorum
+}}
+nodelist {{
+    node {{
+        ring0_addr: 127.0.0.1
+        nodeid: 1
+        name: n1
+    }}
+}}
+"""
+
+
+def skip_reason() -> str | None:
+    if not os.path.exists(REAL):
+        return f"{REAL} not installed (apt-get install corosync)"
+    if os.geteuid() != 0:
+        return "needs root for network and mount namespaces"
+    for tool in ("unshare", "nsenter"):
+        if not shutil.which(tool):
+            return f"needs {tool}"
+    return None
+
+
+class RealCorosync:
+    """One daemon; :meth:`run` / :meth:`popen` execute commands inside its namespaces."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        conf = workdir / "corosync.conf"
+        conf.write_text(CONF.format(log=workdir / "corosync.log"))
+        inner = ("ip link set lo up 2>/dev/null || ifconfig lo up; "
+                 "mount -t tmpfs none /run && mount -t tmpfs none /var/lib/corosync && "
+                 f"mount -t tmpfs none /dev/shm && exec {REAL} -f -c {conf}")
+        # no --fork: unshare and sh exec in place, so this pid is the daemon's
+        self.proc = subprocess.Popen(["unshare", "-m", "-n", "sh", "-c", inner],
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=open(workdir / "corosync.stderr", "wb"))
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def env(self) -> dict[str, str]:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        env.pop("COROSYNC_IPC_DIR", None)
+        return env
+
+    def command(self, *args: str) -> list[str]:
+        return ["nsenter", "-t", str(self.pid), "-m", "-n", *args]
+
+    def popen(self, *args: str, **kw: object) -> subprocess.Popen:
+        kw.setdefault("stdout", subprocess.PIPE)
+        kw.setdefault("stderr", subprocess.PIPE)
+        return subprocess.Popen(self.command(*args), env=self.env(), **kw)  # type: ignore
+
+    def run(self, *args: str, timeout: float = 30, input: bytes | None = None
+            ) -> subprocess.CompletedProcess:
+        return subprocess.run(self.command(*args), env=self.env(), capture_output=True,
+                              timeout=timeout, input=input)
+
+    def python(self, script: str | Path, *args: str, timeout: float = 30
+               ) -> subprocess.CompletedProcess:
+        return self.run(sys.executable, str(script), *args, timeout=timeout)
+
+    def wait_ready(self, deadline: float) -> None:
+        """Until our cmap client can read the ring's member list and CPG answers (the
+        daemon refuses IPC with EAGAIN until it has formed its first ring)."""
+        probe = ("import sys\n"
+                 "from corosync.cmap import Cmap\n"
+                 "from corosync.cpg import Cpg\n"
+                 "with Cmap.initialize() as h:\n"
+                 "    h.get('runtime.members.1.status')\n"
+                 "with Cpg.initialize() as c:\n"
+                 "    c.local_get()\n")
+        last = ""
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                break
+            p = self.run(sys.executable, "-c", probe, timeout=20)
+            if p.returncode == 0:
+                return
+            last = p.stderr.decode(errors="replace")[-500:]
+            time.sleep(0.1)
+        log = (self.workdir / "corosync.stderr").read_text(errors="replace")
+        pytest.fail(f"real corosync not ready: rc={self.proc.poll()} {last}\n{log}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+
+
+@pytest.fixture(scope="module")
+def real_corosync(tmp_path_factory: pytest.TempPathFactory):
+    reason = skip_reason()
+    if reason:
+        print(f"SKIP live tests against Debian corosync: {reason}")
+        pytest.skip(reason)
+    daemon = RealCorosync(tmp_path_factory.mktemp("realcorosync"))
+    try:
+        daemon.wait_ready(time.monotonic() + 30)
+        yield daemon
+    finally:
+        daemon.stop()
