@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterable
 
 from attrs import define, field
 
-from .cmap import CmapStore
+from .cmap import CmapStore, CmapType
 from .service import (REQ_HEADER, SERVICES_COUNT_MAX, CsError, LibHandler, Malformed,
                       SendFailed, Service, ServiceId)
 from .sync import COMPLETED_LOG, SyncEngine
@@ -189,6 +189,37 @@ class ServiceHost:
         self.ipc_handlers: dict[str, ServiceIpcHandler] = {
             s.ipc_name: ServiceIpcHandler(self, s) for s in self.services.values() if s.ipc_name}
         self._log_counts: dict[str, int] = {}
+        #: (service, fn) → [rx key, rx count, tx key, tx count] (runtime.services.*)
+        self._fn_stats: dict[tuple[int, int], list[Any]] = {}
+        for svc in self.services.values():
+            self._register(svc)
+
+    def _register(self, svc: Service) -> None:
+        """What corosync's service loader publishes (service.c): the engine's cmap keys
+        and the "Service engine loaded" line."""
+        short = svc.ipc_name or type(svc).__name__.lower()
+        base = f"runtime.services.{short}"
+        try:
+            self.cmap.set(f"internal_configuration.service.{svc.id}.name", f"corosync_{short}",
+                          CmapType.STRING)
+            self.cmap.set(f"internal_configuration.service.{svc.id}.ver", 0, CmapType.UINT32)
+            self.cmap.set(f"{base}.service_id", int(svc.id), CmapType.UINT16)
+            for fn in range(len(svc.exec_handlers)):
+                rx, tx = f"{base}.{fn}.rx", f"{base}.{fn}.tx"
+                self.cmap.set(rx, 0, CmapType.UINT64)
+                self.cmap.set(tx, 0, CmapType.UINT64)
+                self._fn_stats[(int(svc.id), fn)] = [rx, 0, tx, 0]
+        except Exception as exc:  # a store refusing our keys must not stop the services
+            self.log(LogLevel.WARNING, "MAIN", f"cmap keys of {svc.name}: {exc!r}")
+        self.log(LogLevel.NOTICE, "SERV", f"Service engine loaded: {svc.name} [{int(svc.id)}]")
+
+    def _count_fn(self, raw_id: int, tx: bool) -> None:
+        entry = self._fn_stats.get((raw_id >> 16, raw_id & 0xFFFF))
+        if entry is None:
+            return
+        i = 3 if tx else 1
+        entry[i] += 1
+        self.cmap.set(entry[i - 1], entry[i], CmapType.UINT64)
 
     # ------------------------------------------------------------------ callbacks out
     def _send(self, group: bytes, message: bytes, guarantee: Guarantee) -> None:
@@ -198,6 +229,8 @@ class ServiceHost:
             self.stats.send_failed += 1
             raise SendFailed(repr(exc)) from exc
         self.stats.exec_tx += 1
+        if group == GROUP_A and len(message) >= 4:
+            self._count_fn(struct.unpack_from("<I", message)[0], tx=True)
 
     def send_ok(self, nbytes: int) -> bool:
         return True if self._send_ok is None else bool(self._send_ok(nbytes))
@@ -278,6 +311,7 @@ class ServiceHost:
             return
         handler = svc.exec_handlers[fn]
         self.stats.exec_rx += 1
+        self._count_fn(raw_id, tx=False)
         try:
             if swapped:
                 if handler.swap is None:

@@ -360,3 +360,35 @@ def test_random_requests_one_answer_each_never_raise(service):
     env.loop_back()
     if service == "cpg":
         assert env.host.services[2].procs == []
+
+
+def test_service_keys_and_counters_like_the_real_daemon():
+    logs = []
+    store = CmapStore()
+    sent = []
+    host = ServiceHost(1, store, lambda g, m, gu: sent.append((g, m)),
+                       log=lambda lvl, sub, text: logs.append((sub, text)))
+    host.sync_in_process = False
+    # the keys corosync's service loader publishes (reference/udpu/running/cmapctl.txt)
+    assert store.dump("internal_configuration.service.") == (
+        "internal_configuration.service.0.name (str) = corosync_cmap\n"
+        "internal_configuration.service.0.ver (u32) = 0\n"
+        "internal_configuration.service.2.name (str) = corosync_cpg\n"
+        "internal_configuration.service.2.ver (u32) = 0\n")
+    assert store.get("runtime.services.cpg.service_id") == 2
+    assert store.keys("runtime.services.cpg.6.")  # one rx/tx pair per exec function
+    assert ("SERV", "Service engine loaded: corosync cluster closed process group service "
+                    "v1.01 [2]") in logs
+    conn = FakeConn(pid=3)
+    host.ipc_handlers["cpg"].on_connect(conn)
+    host.ipc_handlers["cpg"].on_request(conn, cpg.REQ_JOIN, join_payload(b"g", 3))
+    for group, msg in sent:
+        host.on_deliver(PgDeliver(1, (group,), msg, RingId(1, 1)))
+        host.on_deliver(PgDeliver(2, (group,), msg, RingId(1, 1)))
+    assert store.get("runtime.services.cpg.0.tx") == 1
+    assert store.get("runtime.services.cpg.0.rx") == 2
+    # clients cannot write them
+    c = FakeConn()
+    host.ipc_handlers["cmap"].on_connect(c)
+    host.ipc_handlers["cmap"].on_request(c, cmap.REQ_DELETE, name("runtime.services.cpg.0.rx"))
+    assert c.responses[-1][2] == CsError.ERR_ACCESS
