@@ -815,15 +815,24 @@ class IpcClient:
             ring = self._rings[0]
             if ring.ref_count != 2:
                 raise IpcError(errno.ENOTCONN, f"{self.service}: server released the rings")
-            if not ring.write(message):
-                raise IpcError(errno.EAGAIN, f"{self.service}: request ring full")
-            # chunk + sem_post strictly before the byte (§3.5)
             try:
-                self._setup.send(b"\0")
-            except BlockingIOError:
-                raise IpcError(errno.EAGAIN, f"{self.service}: setup socket full") from None
-            except OSError as exc:
-                raise IpcError(errno.ENOTCONN, f"{self.service}: {exc}") from None
+                if not ring.write(message):
+                    raise IpcError(errno.EAGAIN, f"{self.service}: request ring full")
+            except RingError as exc:
+                raise IpcError(errno.EBADMSG, f"{self.service}: {exc}") from None
+            # chunk + sem_post strictly before the byte (§3.5).  The chunk is committed now,
+            # so the byte must follow even if the server is slow to drain the socket.
+            while True:
+                try:
+                    self._setup.send(b"\0")
+                    break
+                except BlockingIOError:
+                    self._check_alive()
+                    p = select.poll()
+                    p.register(self._setup, select.POLLOUT)
+                    p.poll(int(_LIVENESS_SLICE * 1000))
+                except OSError as exc:
+                    raise IpcError(errno.ENOTCONN, f"{self.service}: {exc}") from None
         else:
             assert self._req_sock is not None
             try:

@@ -13,7 +13,7 @@ import pytest
 from corosync.lib.ipc import (CONN_RESPONSE_SIZE, IpcClient, IpcError, ShmRing,
                               pack_conn_response, setup_address)
 
-from ipc_helpers import unique_name
+from ipc_helpers import unique_name, wait_until_sync
 
 
 def _fake_server(name: str, answer) -> threading.Thread:
@@ -118,6 +118,50 @@ def test_shm_wrong_ring_size() -> None:
             0, 1, 1048576, 0, *(r.header_path[:-7] for r in rings))))
         assert err.errno == errno.EPROTO
     finally:
+        for r in rings:
+            r.close()
+        os.rmdir(d)
+
+
+def test_wakeup_bytes_survive_a_slow_server(tmp_path) -> None:
+    """The SHM client owes one byte per committed request: when the server does not drain
+    its setup socket for a while, send() waits instead of losing the byte (which would leave
+    a request in the ring that the server never looks at)."""
+    import tempfile
+    name = unique_name("slow")
+    d = tempfile.mkdtemp(prefix="qb-test-", dir="/dev/shm")
+    rings = [ShmRing.create(os.path.join(d, f"qb-{k}-x"), 1048576) for k in ("a", "b", "c")]
+    release = threading.Event()
+    received = []
+
+    def answer(s: socket.socket) -> None:
+        s.sendall(pack_conn_response(0, 1, 1048576, 0, *(r.header_path[:-7] for r in rings)))
+        release.wait(10)
+        total = 0
+        while total < 2000:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            total += len(chunk)
+        received.append(total)
+
+    t = _fake_server(name, answer)
+    try:
+        client = IpcClient.connect(name)
+        sender = threading.Thread(target=lambda: [client.send(b"\x01" + bytes(15))
+                                                  for _ in range(2000)])
+        sender.start()
+        # the socket fills long before 2000 bytes (one skb per byte); before the fix send()
+        # raised EAGAIN there with the chunk already committed
+        wait_until_sync(lambda: rings[0].sem.value() >= 150, what="requests committed")
+        release.set()
+        sender.join(10)
+        assert not sender.is_alive()
+        t.join(10)
+        assert received == [2000] and rings[0].sem.value() == 2000
+        client.close()
+    finally:
+        release.set()
         for r in rings:
             r.close()
         os.rmdir(d)
