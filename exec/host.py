@@ -102,6 +102,8 @@ class ServiceIpcHandler:
     def on_request(self, conn: Any, msg_id: int, payload: bytes) -> None:
         host = self.host
         host.stats.ipc_requests += 1
+        if host._stats_dirty and self.service.id == ServiceId.CMAP:
+            host.flush_stats()  # cmap clients read the counters: give them current values
         handler: LibHandler | None = self.service.lib_handlers.get(msg_id)
         if handler is None:
             host.count("ipc_unknown_request",
@@ -191,6 +193,8 @@ class ServiceHost:
         self._log_counts: dict[str, int] = {}
         #: (service, fn) → [rx key, rx count, tx key, tx count] (runtime.services.*)
         self._fn_stats: dict[tuple[int, int], list[Any]] = {}
+        self._stats_dirty = False
+        self._dirty_entries: set[tuple[int, int]] = set()
         for svc in self.services.values():
             self._register(svc)
 
@@ -214,12 +218,27 @@ class ServiceHost:
         self.log(LogLevel.NOTICE, "SERV", f"Service engine loaded: {svc.name} [{int(svc.id)}]")
 
     def _count_fn(self, raw_id: int, tx: bool) -> None:
+        """Count in memory; :meth:`flush_stats` publishes (a cmap write per message would
+        cost more than the rest of the message's trip through the service layer)."""
         entry = self._fn_stats.get((raw_id >> 16, raw_id & 0xFFFF))
-        if entry is None:
+        if entry is not None:
+            entry[3 if tx else 1] += 1
+            self._stats_dirty = True
+            self._dirty_entries.add((raw_id >> 16, raw_id & 0xFFFF))
+
+    def flush_stats(self) -> None:
+        """Write the runtime.services.*.rx/tx counters to cmap.  Done before every cmap IPC
+        request (so cmap clients always read current values), at the end of every sync,
+        and whenever the driver calls it (e.g. with its periodic stats refresh); only cmap
+        requests trigger it, so other requests never pay for it."""
+        if not self._stats_dirty:
             return
-        i = 3 if tx else 1
-        entry[i] += 1
-        self.cmap.set(entry[i - 1], entry[i], CmapType.UINT64)
+        self._stats_dirty = False
+        dirty, self._dirty_entries = self._dirty_entries, set()
+        for key in sorted(dirty):
+            rx_key, rx, tx_key, tx = self._fn_stats[key]
+            self.cmap.set(rx_key, rx, CmapType.UINT64)  # equal values notify nobody
+            self.cmap.set(tx_key, tx, CmapType.UINT64)
 
     # ------------------------------------------------------------------ callbacks out
     def _send(self, group: bytes, message: bytes, guarantee: Guarantee) -> None:
@@ -335,6 +354,7 @@ class ServiceHost:
                 _set_fc(conn, level)
 
     def _sync_completed(self) -> None:
+        self.flush_stats()
         if self.log_sync_completed:
             self.log(LogLevel.NOTICE, "MAIN", COMPLETED_LOG)
         self._set_sync_in_process(False)
