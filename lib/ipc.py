@@ -897,10 +897,7 @@ class IpcClient:
         raw = self.recv_response(timeout)
         if raw is None:
             raise IpcError(errno.ETIMEDOUT, f"{self.service}: no response")
-        try:
-            return unpack_response(raw)
-        except ValueError as exc:
-            raise IpcError(errno.EBADMSG, f"{self.service}: {exc}") from None
+        return _unpack_or_raise(self.service, raw)
 
     # -- events --------------------------------------------------------------------------------
 
@@ -999,6 +996,13 @@ class IpcClient:
 # --------------------------------------------------------------------------------------------
 
 
+def _unpack_or_raise(service: str, raw: bytes) -> tuple[int, int, bytes]:
+    try:
+        return unpack_response(raw)
+    except ValueError as exc:
+        raise IpcError(errno.EBADMSG, f"{service}: {exc}") from None
+
+
 class AsyncIpcClient:
     """trio-friendly use of :class:`IpcClient` without blocking the event loop.
 
@@ -1039,12 +1043,12 @@ class AsyncIpcClient:
                         await trio.lowlevel.wait_readable(c._req_sock)
                     raw = c.recv_response(0)
                     if raw is not None:
-                        return unpack_response(raw)
+                        return _unpack_or_raise(c.service, raw)
             delay = 20e-6
             while True:
                 raw = c.recv_response(0)
                 if raw is not None:
-                    return unpack_response(raw)
+                    return _unpack_or_raise(c.service, raw)
                 await trio.sleep(delay)
                 delay = min(delay * 2, 0.005)
         raise IpcError(errno.ETIMEDOUT, f"{c.service}: no response")

@@ -24,7 +24,8 @@ class Service:
     1 echo (response id 101, same payload), 2 echo + an event with the payload (id 7),
     3 flood: payload = b"<count>:<size>" events of <size> bytes (id 8, seq in first 4 bytes),
     4 never answered, 5 raise (service bug), 6 deferred: answered by the test via `pending`,
-    9 broadcast: the payload as an event (id 7) to every open connection.
+    9 broadcast: the payload as an event (id 7) to every open connection,
+    10 a response whose header lies about its size.
     """
 
     def __init__(self, accept: bool = True, fc_on_connect: int = 0) -> None:
@@ -69,6 +70,8 @@ class Service:
             raise RuntimeError("service bug")
         elif msg_id == 6:
             self.pending.append(conn)
+        elif msg_id == 10:                     # a broken response (size field lies)
+            conn._send_response_raw(b"\x01" * 30)
         elif msg_id == 9:                      # broadcast an event to every connection
             delivered = sum(other.send_event(7, payload) for other in list(self.connected)
                             if not other.closed)

@@ -484,3 +484,22 @@ async def test_serve_services_runs_one_server_per_handler(tmp_path) -> None:
         assert all(len(h.connected) == 1 for h in handlers.values())
         n.cancel_scope.cancel()
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("ipc_type", TYPES)
+async def test_bad_response_header_is_ebadmsg(ipc_type: str) -> None:
+    """Both clients report a response whose header disagrees with its length as EBADMSG."""
+    svc = Service()
+    async with trio.open_nursery() as n:
+        srv = await start_server(n, svc, ipc_type=ipc_type)
+        c = await RUN(lambda: IpcClient.connect(srv.service))
+        with pytest.raises(IpcError) as exc:
+            await RUN(lambda: c.request(10, b"", 5))
+        assert exc.value.errno == errno.EBADMSG and exc.value.cs_error == CsError.MESSAGE_ERROR
+        c.close()
+        a = await AsyncIpcClient.connect(srv.service)
+        with pytest.raises(IpcError) as exc:
+            await a.request(10, b"", 5)
+        assert exc.value.errno == errno.EBADMSG
+        a.close()
+        n.cancel_scope.cancel()
