@@ -156,7 +156,7 @@ class SyncEngine:
                 and self.processing_idx < len(self.service_list):
             entry = self.service_list[self.processing_idx]
             if entry.local is not None:
-                entry.local.sync_abort()
+                self._guard(entry, "sync_abort", entry.local.sync_abort)
             self.trace.append(("abort", entry.service_id))
         if self.state is not SyncState.IDLE:
             self.stats.aborted += 1
@@ -184,7 +184,8 @@ class SyncEngine:
         self.trans_list = trans
         for entry in self.service_list:
             assert entry.local is not None
-            entry.local.sync_init(trans, self.members, ring_id)
+            self._guard(entry, "sync_init", lambda e=entry: e.local.sync_init(
+                trans, self.members, ring_id))
 
     def deliver(self, sender: int, message: bytes) -> None:
         """One message of group ``sync`` in agreed order."""
@@ -273,12 +274,20 @@ class SyncEngine:
         self._log(LogLevel.DEBUG, f"Committing synchronization for {entry.name}")
         self.trace.append(("activate", entry.service_id))
         if entry.local is not None:
-            entry.local.sync_activate()
+            self._guard(entry, "sync_activate", entry.local.sync_activate)
         self.processing_idx += 1
         if self.processing_idx == len(self.service_list):
             self._complete()
         else:
             self._process_enter()
+
+    def _guard(self, entry: _Entry, what: str, call: Callable[[], object]) -> None:
+        """Run a service callback; a service bug is logged, never allowed to leave the
+        engine half-way through a phase (every node would stay in sync forever)."""
+        try:
+            call()
+        except Exception as exc:
+            self._log(LogLevel.ERROR, f"{what} of {entry.name} failed: {exc!r}")
 
     def _complete(self) -> None:
         self.state = SyncState.IDLE

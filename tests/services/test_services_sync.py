@@ -157,3 +157,22 @@ def test_malformed_sync_messages_counted():
         e.deliver(1, bad)
     assert e.stats.malformed == 5 and not done
     assert COMPLETED_LOG.startswith("Completed service synchronization")
+
+
+def test_service_bug_does_not_wedge_sync():
+    class Broken(FakeSvc):
+        def sync_activate(self):
+            raise KeyError("bug")
+
+        def sync_init(self, trans, members, ring):
+            raise RuntimeError("bug")
+
+    wire = Wire()
+    logs = []
+    e = SyncEngine({0: Broken("x"), 2: FakeSvc("y")}, wire.send, lambda: logs.append("done"),
+                   lambda level, text: logs.append(text))
+    e.start((1,), R)
+    while wire.out:
+        e.deliver(1, wire.out.pop(0))
+    assert logs[-1] == "done"
+    assert any("sync_activate of x failed" in line for line in logs)
