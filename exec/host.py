@@ -159,6 +159,7 @@ class ServiceHost:
                  shutdown: Callable[[str], None] | None = None,
                  services: Iterable[Callable[[Any], Service]] | None = None,
                  stats_cmap: CmapStore | None = None,
+                 on_ready: Callable[[], None] | None = None,
                  log_sync_completed: bool = True) -> None:
         self.nodeid = nodeid
         self.cmap = cmap
@@ -167,6 +168,10 @@ class ServiceHost:
         self._trans_ack = trans_ack
         self._log = log
         self._shutdown = shutdown
+        self._on_ready = on_ready
+        #: corosync refuses IPC connections (EAGAIN) until its first sync completed;
+        #: ``on_ready`` fires once then (e.g. set every IpcServer's ``ready``)
+        self.ready = False
         self.log_sync_completed = log_sync_completed
         self.stats = HostStats()
         self.sync_in_process = True  # corosync starts "in sync" until the first one ends
@@ -358,6 +363,10 @@ class ServiceHost:
         if self.log_sync_completed:
             self.log(LogLevel.NOTICE, "MAIN", COMPLETED_LOG)
         self._set_sync_in_process(False)
+        if not self.ready:
+            self.ready = True
+            if self._on_ready is not None:
+                self._on_ready()
         if self._trans_ack is not None:
             self._trans_ack()
 

@@ -28,16 +28,26 @@ async def serve(config: Any, log: CorosyncLog) -> None:
     transport = make_transport(config, envelope=None,
                                log=lambda level, key, msg: log.limited(level, "TOTEM", key, msg))
     node = Node(config, log=log, transport=transport, cmap=cmap)
+    servers: list[IpcServer] = []
+
+    def ready() -> None:  # corosync accepts IPC clients once the first sync completed
+        for server in servers:
+            server.ready = True
+
     host = ServiceHost(node.nodeid, cmap, lambda g, m, gu: node.mcast([g], m, gu),
                        send_ok=node.pg.send_ok, trans_ack=node.sync_completed, log=log.log,
-                       shutdown=lambda reason: node.stop(), log_sync_completed=False)
+                       shutdown=lambda reason: node.stop(), on_ready=ready,
+                       log_sync_completed=False)
     node.confchg_handlers.append(host.on_confchg)
     node.deliver_handlers.append(host.on_deliver)
     node.sync_hook = lambda chg: None
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             for name, handler in host.ipc_handlers.items():
-                await nursery.start(IpcServer(name, handler).serve)
+                server = IpcServer(name, handler)
+                server.ready = host.ready
+                servers.append(server)
+                await nursery.start(server.serve)
             await nursery.start(node.run)
             async for _sig in signals:
                 node.stop()

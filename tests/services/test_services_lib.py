@@ -395,3 +395,17 @@ def test_service_keys_and_counters_like_the_real_daemon():
     # clients cannot write them
     host.ipc_handlers["cmap"].on_request(c, cmap.REQ_DELETE, name("runtime.services.cpg.0.rx"))
     assert c.responses[-1][2] == CsError.ERR_ACCESS
+
+
+def test_on_ready_fires_once_after_the_first_sync():
+    fired = []
+    sent = []
+    host = ServiceHost(1, CmapStore(), lambda g, m, gu: sent.append((g, m)),
+                       on_ready=lambda: fired.append(True))
+    assert not host.ready
+    for seq in (4, 8):
+        host.on_confchg(ConfChg(ConfChgKind.REGULAR, (1,), (), (), RingId(1, seq)))
+        while sent:
+            g, m = sent.pop(0)
+            host.on_deliver(PgDeliver(1, (g,), m, RingId(1, seq)))
+    assert host.ready and fired == [True] and host.sync.stats.completed == 2
