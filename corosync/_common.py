@@ -244,3 +244,61 @@ class RateLimitedLog:
         if dropped:
             message += f" ({dropped} similar messages suppressed)"
         self._logger.warning(message, *args)
+
+
+# --------------------------------------------------------------------------------------------
+# Command-line parsing as the C tools do it
+# --------------------------------------------------------------------------------------------
+
+
+class GetoptError(Exception):
+    """An option error, already worded like glibc's getopt (``message``)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def gnu_getopt(args: list[str], optstring: str, prog: str
+               ) -> Generator[tuple[str, str | None] | list[str], None, None]:
+    """glibc ``getopt`` semantics, one option at a time, in command-line order.
+
+    Yields ``(option, argument)`` pairs and finally the list of operands.  Like glibc, operands
+    may appear between options (they are collected, the scan goes on), ``--`` ends the
+    options, ``-`` alone is an operand, clustered options (``-bg``) and attached arguments
+    (``-mstats``) work.  The C tools act on each option as it comes (``-h`` exits at once,
+    before a later bad option is seen), hence a generator instead of a parsed result.
+    Raises :class:`GetoptError` with glibc's wording at the offending option.
+    """
+    with_arg = {c for i, c in enumerate(optstring) if c != ":" and
+                optstring[i + 1:i + 2] == ":"}
+    known = set(optstring.replace(":", ""))
+    operands: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        i += 1
+        if arg == "--":
+            operands.extend(args[i:])
+            break
+        if not arg.startswith("-") or arg == "-":
+            operands.append(arg)
+            continue
+        pos = 1
+        while pos < len(arg):
+            opt = arg[pos]
+            pos += 1
+            if opt not in known:
+                raise GetoptError(f"{prog}: invalid option -- '{opt}'")
+            if opt in with_arg:
+                if pos < len(arg):
+                    value = arg[pos:]
+                elif i < len(args):
+                    value = args[i]
+                    i += 1
+                else:
+                    raise GetoptError(f"{prog}: option requires an argument -- '{opt}'")
+                yield opt, value
+                break
+            yield opt, None
+    yield operands

@@ -397,20 +397,31 @@ class Cmap(_CmapProtocol):
 
     # -- iteration ----------------------------------------------------------------------------
 
+    def iter_init(self, prefix: str = "") -> int:
+        """Start an executive-side iteration over keys starting with ``prefix``."""
+        return self._run(self._plan_iter_init(prefix))  # type: ignore[no-any-return]
+
+    def iter_next(self, iter_handle: int) -> IterEntry | None:
+        """The next key of an iteration, None at its end (CS_ERR_NO_SECTIONS)."""
+        return self._run(self._plan_iter_next(iter_handle))  # type: ignore[no-any-return]
+
+    def iter_finalize(self, iter_handle: int) -> None:
+        self._run(self._plan_iter_finalize(iter_handle))
+
     def iter_prefix(self, prefix: str = "") -> Iterator[IterEntry]:
         """Keys starting with ``prefix`` in the executive's (sorted) order.  The executive-side
         iterator is finalized when the generator ends or is closed."""
-        handle = self._run(self._plan_iter_init(prefix))
+        handle = self.iter_init(prefix)
         try:
             while True:
-                entry = self._run(self._plan_iter_next(handle))
+                entry = self.iter_next(handle)
                 if entry is None:
                     return
                 yield entry
         finally:
             if not self._finalized and not self._client.closed:
                 try:
-                    self._run(self._plan_iter_finalize(handle))
+                    self.iter_finalize(handle)
                 except CsError:
                     pass
 

@@ -321,21 +321,35 @@ class Cpg(_CpgProtocol):
         """This node's id."""
         return self._run(self._plan_local_get())  # type: ignore[no-any-return]
 
+    def iteration_initialize(self, iteration_type: IterationType = IterationType.ALL,
+                             group: bytes | str | None = None) -> int:
+        """Start an executive-side iteration; returns its handle."""
+        return self._run(self._plan_iter_init(IterationType(iteration_type),  # type: ignore
+                                              group))
+
+    def iteration_next(self, iteration_handle: int) -> IterationDescription | None:
+        """The next entry, None at the end (CS_ERR_NO_SECTIONS)."""
+        return self._run(self._plan_iter_next(iteration_handle))  # type: ignore
+
+    def iteration_finalize(self, iteration_handle: int) -> None:
+        self._run(self._plan_iter_finalize(iteration_handle))
+
     def iteration(self, iteration_type: IterationType = IterationType.ALL,
                   group: bytes | str | None = None) -> Iterator[IterationDescription]:
         """Groups and members known to the executive (NAME_ONLY: one entry per group with
-        nodeid = pid = 0; ONE_GROUP: the members of ``group``)."""
-        handle = self._run(self._plan_iter_init(IterationType(iteration_type), group))
+        nodeid = pid = 0; ONE_GROUP: the members of ``group``), finalized when the generator
+        ends or is closed."""
+        handle = self.iteration_initialize(iteration_type, group)
         try:
             while True:
-                entry = self._run(self._plan_iter_next(handle))
+                entry = self.iteration_next(handle)
                 if entry is None:
                     return
                 yield entry
         finally:
             if not self._finalized and not self._client.closed:
                 try:
-                    self._run(self._plan_iter_finalize(handle))
+                    self.iteration_finalize(handle)
                 except CsError:
                     pass
 
