@@ -227,6 +227,8 @@ class SimNode:
     counter: int = 0
     srp_members: tuple[int, ...] = ()
     rng: random.Random | None = None
+    #: (ring_id, members) of the latest REGULAR confchg of the current incarnation.
+    regular: tuple | None = None
 
 
 @define
@@ -309,14 +311,17 @@ class Simulation:
     # ------------------------------------------------------------------ node life
     def _probe_seen(self, node: SimNode) -> Callable[[list], None]:
         def seen(actions: list) -> None:
+            inc = node.inc
             for a in actions:
                 t = type(a)
                 if t is Deliver:
-                    if a.guarantee == Guarantee.SAFE and node.inc is not None:
-                        node.inc.safe.append(SafeRec(self.now, self.idx, a.ring_id, a.seq,
-                                                     node.srp_members))
+                    inc.srp_events.append(("d", a.ring_id.rep, a.ring_id.seq, a.seq))
+                    if a.guarantee == Guarantee.SAFE:
+                        inc.safe.append(SafeRec(self.now, self.idx, a.ring_id, a.seq,
+                                                node.srp_members))
                 elif t is ConfChg:
                     node.srp_members = a.members
+                    inc.srp_events.append(("c", a.kind, a.ring_id, tuple(a.members)))
         return seen
 
     def _boot(self, node: SimNode) -> None:
@@ -326,6 +331,7 @@ class Simulation:
         node.backlog = []
         node.paused_until = -1
         node.srp_members = ()
+        node.regular = None
         node.inc = Incarnation(node.nodeid, node.incarnation, self.now, self.idx)
         self.trace.incarnations.append(node.inc)
         seen = self._probe_seen(node)
@@ -394,6 +400,7 @@ class Simulation:
                            f"{list(a.members)} left {list(a.left)} joined {list(a.joined)}")
                 if a.kind == ConfChgKind.REGULAR:
                     need_ack = True
+                    node.regular = (a.ring_id, tuple(a.members))
             elif t is PersistRingSeq:
                 node.ring_seq = a.seq
             elif t is Log:
@@ -453,14 +460,15 @@ class Simulation:
         node.counter += 1
         tag = Tag(node.nodeid, node.counter)
         r = rng.random()
+        top = p.large_max
         if probe:
             size = 64
         elif r < p.large_ratio:
-            size = rng.randint(p.medium[1], p.large_max)
+            size = rng.randint(min(p.medium[1], top), top)
         elif r < p.large_ratio + p.medium_ratio:
-            size = rng.randint(*p.medium)
+            size = rng.randint(min(p.medium[0], top), min(p.medium[1], top))
         else:
-            size = rng.randint(*p.small)
+            size = rng.randint(min(p.small[0], top), min(p.small[1], top))
         safe = rng.random() < p.safe_ratio
         guarantee = Guarantee.SAFE if safe else Guarantee.AGREED
         ng = rng.randint(1, len(p.groups))
@@ -556,18 +564,35 @@ class Simulation:
         if what == "heal":
             self._heal()
         elif what == "check":
+            # Load stops.  Probes go out once every node sits in the same full ring
+            # (sent earlier, in a partial ring, they would legitimately reach only that
+            # ring); how late that happens is the convergence-time checker's business.
             self.load_on = False
-            self._note("CHECK: load stops, probes go out")
-            for node in self.nodes.values():
-                if node.up:
+            self._note("CHECK: load stops; probes once membership has converged")
+            self._push(self.now, _CONTROL, "converged?")
+        elif what == "converged?":
+            if self._converged():
+                self._note("CONVERGED: probes go out")
+                for node in self.nodes.values():
                     self._gen_message(node, probe=True)
                     self._pump(node)
-            self._push(self.now + 50, _CONTROL, "poll")
+                self._push(self.now + 50, _CONTROL, "poll")
+            else:
+                self._push(self.now + 20, _CONTROL, "converged?")
         elif what == "poll":
             if self._done():
                 self.stopped = True
             else:
                 self._push(self.now + 50, _CONTROL, "poll")
+
+    def _converged(self) -> bool:
+        full = tuple(self.ids)
+        rings = set()
+        for node in self.nodes.values():
+            if not node.up or node.regular is None or node.regular[1] != full:
+                return False
+            rings.add(node.regular[0])
+        return len(rings) == 1
 
     # ------------------------------------------------------------------ run
     def run(self) -> Result:

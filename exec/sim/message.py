@@ -10,8 +10,7 @@ reassembled from ~750 totempg fragments) without keeping a copy of what was sent
 from __future__ import annotations
 
 import struct
-
-from attrs import frozen
+from typing import NamedTuple
 
 MAGIC = b"SIM1"
 _HEAD = struct.Struct("<4sIQI")
@@ -19,12 +18,12 @@ HEADER_SIZE = _HEAD.size  # 20
 _BYTES = bytes(range(256))
 
 
-@frozen(order=True)
-class Tag:
+class Tag(NamedTuple):
     """The identity of one application message: who sent it, and its per-node counter.
 
     Counters are kept by the simulator's driver, not by the node, so they keep growing
-    across crashes and restarts and a tag is unique for the whole run."""
+    across crashes and restarts and a tag is unique for the whole run.  (A tuple, not an
+    attrs class: checkers hash millions of them.)"""
 
     sender: int
     counter: int

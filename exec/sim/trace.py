@@ -86,6 +86,9 @@ class Incarnation:
     end_reason: str | None = None  # "crash" | "leave" | "error"
     events: list[ConfRec | DelivRec] = field(factory=list)
     safe: list[SafeRec] = field(factory=list)
+    #: totemsrp-level view (below totempg): ``("c", kind, ring_id, members)`` for each
+    #: ConfChg and ``("d", ring_rep, ring_seq, seq)`` for each delivered MCAST.
+    srp_events: list[tuple] = field(factory=list)
     #: SAFE packets this incarnation holds (received or sent), with the index of the
     #: event in which it first held each.
     has: dict[PacketKey, int] = field(factory=dict)

@@ -136,7 +136,7 @@ def test_late_membership_convergence_is_caught(clean):
     t = copy.deepcopy(clean)
     t.bound = 0
     t.heal_time = -1
-    assert "membership" in kinds(check_all(t))
+    assert "convergence-time" in kinds(check_all(t))
 
 
 def test_missing_probe_is_caught(clean):
