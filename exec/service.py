@@ -138,6 +138,18 @@ def swap_fields(msg: bytes, fields: Sequence[tuple[int, str]]) -> bytes:
     return bytes(out)
 
 
+def send_event(conn: Any, msg_id: int, payload: bytes) -> bool:
+    """Queue an event for one client; False if it cannot take it.
+
+    A message larger than the client's negotiated ``max_msg_size`` is refused by the IPC
+    layer (ValueError): like libqb's EMSGSIZE it is lost for that client only, and the
+    other clients of the same delivery still get theirs."""
+    try:
+        return bool(conn.send_event(msg_id, payload))
+    except ValueError:
+        return False
+
+
 # ------------------------------------------------------------------------------ handlers
 ExecFn = Callable[[bytes, int], None]
 """exec handler(message incl. its 16-byte header, sender nodeid from the totem header)."""

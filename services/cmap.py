@@ -29,7 +29,7 @@ from corosync.exec.cmap import CmapError, CmapStore, CmapType, CmapValue, Track
 from corosync.exec.cmap import CsError as StoreError
 from corosync.exec.service import (REQ_HEADER, CsError, ExecHandler, LibHandler, Malformed,
                                    SendFailed, Service, ServiceApi, ServiceId, need,
-                                   service_id_make)
+                                   send_event, service_id_make)
 from corosync.exec.totem.events import LogLevel
 from corosync.exec.totem.wire import RingId
 
@@ -345,7 +345,8 @@ class CmapService(Service):
         (requested,) = _U64.unpack_from(p, 264)
         store = self._map(conn)
         entry = _lookup(store, key)
-        if requested > GET_VALUE_MAX:
+        limit = min(GET_VALUE_MAX, getattr(conn, "max_msg_size", GET_VALUE_MAX + 40) - 40)
+        if requested > limit:  # the response could not reach the client
             conn.send_response(REQ_GET, bytes(16), CsError.ERR_NO_MEMORY)
             return
         if entry is None:
@@ -426,7 +427,7 @@ class CmapService(Service):
         new_raw = encode_value(new) if new is not None else b""
         old_raw = encode_value(old) if old is not None else b""
         name = key.encode("utf-8", "surrogateescape")[:256]
-        conn.send_event(RES_NOTIFY, NOTIFY.pack(
+        send_event(conn, RES_NOTIFY, NOTIFY.pack(
             inst, struct.pack("<H6x", len(name)) + name.ljust(256, b"\0"), int(event),
             int(new.type) if new else 0, int(old.type) if old else 0,
             len(new_raw), len(old_raw)) + new_raw + old_raw)

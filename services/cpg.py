@@ -38,7 +38,7 @@ from attrs import define, field
 
 from corosync.exec.service import (REQ_HEADER, RES_HEADER, CsError, ExecHandler, LibHandler,
                                    Malformed, SendFailed, Service, ServiceApi, ServiceId, need,
-                                   service_id_make, swap_fields)
+                                   send_event, service_id_make, swap_fields)
 from corosync.exec.totem.events import LogLevel
 from corosync.exec.totem.wire import ZERO_RING, RingId
 
@@ -196,6 +196,7 @@ class CpgStats:
     mcast_tx: int = 0
     mcast_refused: int = 0
     confchg_events: int = 0
+    events_lost: int = 0  # events a client could not take (closed, or over its max size)
 
 
 class CpgService(Service):
@@ -300,7 +301,7 @@ class CpgService(Service):
                     if cpd.pid == pid and cpd.group == group:
                         cpd.state = CpdState.JOIN_COMPLETED
         for cpd in self._event_targets(group):
-            cpd.conn.send_event(RES_CONFCHG, payload)
+            send_event(cpd.conn, RES_CONFCHG, payload)
             cpd.transition_counter += 1
             self.stats.confchg_events += 1
         for nodeid, pid, _reason in left:
@@ -320,7 +321,7 @@ class CpgService(Service):
         payload = (struct.pack("<I4xQ", ring.rep, ring.seq) + struct.pack("<I", len(members))
                    + struct.pack(f"<{len(members)}I", *members) + bytes(4))
         for target in ([cpd] if cpd is not None else [c for c in self.cpds if not c.finalized]):
-            target.conn.send_event(RES_TOTEM_CONFCHG, payload)
+            send_event(target.conn, RES_TOTEM_CONFCHG, payload)
 
     def _proc_join(self, group: bytes, pid: int, nodeid: int, reason: int,
                    collect: dict[bytes, list[Address]] | None = None) -> None:
@@ -367,7 +368,8 @@ class CpgService(Service):
                                  "Unknown node -> we will not deliver message", self.subsys)
             return
         for cpd in targets:
-            cpd.conn.send_event(event_id, payload)
+            if not send_event(cpd.conn, event_id, payload):
+                self.stats.events_lost += 1
         self.stats.mcast_delivered += 1
 
     def _exec_mcast(self, msg: bytes, nodeid: int) -> None:

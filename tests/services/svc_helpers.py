@@ -78,12 +78,19 @@ class FakeConn:
     responses: list[tuple[int, bytes, int]] = field(factory=list)
     events: list[tuple[int, bytes, int]] = field(factory=list)
     fc_level: int = 0
+    max_msg_size: int = 1024 * 1024
+
+    def _check(self, payload: bytes) -> None:
+        if 24 + len(payload) > self.max_msg_size:  # as IpcConnection._build
+            raise ValueError("message exceeds the client's max_msg_size")
 
     def send_response(self, msg_id: int, payload: bytes = b"", error: int = 1) -> bool:
+        self._check(payload)
         self.responses.append((msg_id, bytes(payload), int(error)))
         return True
 
     def send_event(self, msg_id: int, payload: bytes = b"", error: int = 1) -> bool:
+        self._check(payload)
         self.events.append((msg_id, bytes(payload), int(error)))
         return True
 

@@ -409,3 +409,23 @@ def test_on_ready_fires_once_after_the_first_sync():
             g, m = sent.pop(0)
             host.on_deliver(PgDeliver(1, (g,), m, RingId(1, seq)))
     assert host.ready and fired == [True] and host.sync.stats.completed == 2
+
+
+def test_event_over_a_clients_max_size_is_lost_for_that_client_only():
+    env = Env()
+    small, big = env.connect("cpg", 1), env.connect("cpg", 2)
+    small.max_msg_size = 4096
+    for c in (small, big):
+        env.req("cpg", c, cpg.REQ_JOIN, join_payload(b"g", c.pid))
+    env.loop_back()
+    data = b"z" * 8000
+    env.req("cpg", big, cpg.REQ_MCAST, bytes(8) + struct.pack("<I4xI4x", 2, len(data)) + data)
+    env.loop_back()
+    assert [e[0] for e in big.events][-1] == cpg.RES_DELIVER
+    assert cpg.RES_DELIVER not in [e[0] for e in small.events]
+    assert env.host.services[2].stats.events_lost == 1 and env.host.stats.dropped == {}
+    # cmap GET larger than the client can receive: an error, not a broken connection
+    c = env.connect("cmap")
+    c.max_msg_size = 4096
+    env.store.set("big.value.x", b"q" * 5000, CmapType.BINARY)
+    assert cmap_get(env, c, "big.value.x", 5000) == (2, bytes(16), CsError.ERR_NO_MEMORY)
