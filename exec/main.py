@@ -32,17 +32,19 @@ import fcntl
 import os
 import signal
 import sys
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import attrs
 import trio
 
 from .log import CorosyncLog
+from .totem.events import LogLevel
 
 EXIT_OK = 0
 EXIT_USAGE = 1
 EXIT_FORK = 4
 EXIT_CONFIG = 8
+EXIT_INIT_SERVICES = 13
 EXIT_FATAL = 15
 EXIT_DIR_NOT_PRESENT = 16
 EXIT_LOCK = 17
@@ -262,10 +264,11 @@ class PidFile:
     def __init__(self, path: str) -> None:
         self.path = path
         self.fd: int | None = None
+        self.previous_pid: int | None = None
 
     def acquire(self, log: CorosyncLog) -> int:
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o640)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o640)
         except OSError as exc:
             log.error("MAIN", f"Corosync Executive couldn't create lock file. ({self.path}: "
                               f"{exc.strerror})")
@@ -280,6 +283,11 @@ class PidFile:
             log.error("MAIN", f"Corosync Executive couldn't acquire lock. Error was "
                               f"{exc.strerror}")
             return EXIT_LOCK
+        try:  # a pid left by a daemon that died: its IPC directories can be removed
+            old = os.pread(fd, 32, 0).split()
+            self.previous_pid = int(old[0]) if old and old[0].isdigit() else None
+        except (OSError, ValueError):
+            self.previous_pid = None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self.fd = fd
@@ -304,8 +312,169 @@ def ensure_dir(path: str, log: CorosyncLog) -> bool:
         return False
 
 
-async def run_node(config: Any, envelope: Any, log: CorosyncLog, ready_fd: int | None) -> int:
+def uidgid_auth(cmap: Any) -> Callable[[int, int, int], bool]:
+    """corosync's IPC accept policy (spec/ipc-wire.md §1.2): root uid or gid, or a cmap
+    ``uidgid.uid.<uid>`` / ``uidgid.gid.<gid>`` (runtime, e.g. set by pacemakerd) or
+    ``uidgid.config.*`` (from the config file) key holding u8 1.  Our own euid is admitted
+    too, so an unprivileged daemon can serve its own user's tools."""
+    from .cmap import CmapType
+
+    def flag(key: str) -> bool:
+        try:
+            return cmap.get_type(key) == CmapType.UINT8 and cmap.get(key) == 1
+        except Exception:
+            return False
+
+    def allowed(pid: int, uid: int, gid: int) -> bool:
+        if uid == 0 or gid == 0 or uid == os.geteuid():
+            return True
+        return (flag(f"uidgid.uid.{uid}") or flag(f"uidgid.config.uid.{uid}")
+                or flag(f"uidgid.gid.{gid}") or flag(f"uidgid.config.gid.{gid}"))
+
+    return allowed
+
+
+class ServiceStartError(Exception):
+    """An IPC server could not listen (e.g. another daemon owns the name): fatal."""
+
+
+class ServiceLayer:
+    """The service host and its IPC servers, embedded in a :class:`~.node.Node`.
+
+    Wiring (docs/services.md): the host sees every confchg and totempg delivery of the
+    node, sends through ``node.mcast`` (TotemPg: ``QueueFull`` is its flow-control answer,
+    ``send_ok`` is asked before accepting IPC requests), runs sync and, when it completes,
+    calls ``node.sync_completed`` (logs the "Completed service synchronization" line and
+    releases Totem's queue through ``trans_ack``).  The IPC servers refuse clients with
+    EAGAIN until the first sync completed: before that there is no membership to serve.
+    """
+
+    def __init__(self, node: Any, cmap: Any, stats_cmap: Any, log: CorosyncLog) -> None:
+        self.node = node
+        self.log = log
+        self.cmap = cmap
+        self.stats_cmap = stats_cmap
+        self.host: Any = None
+        self.servers: list[Any] = []
+        self.first_sync_done = trio.Event()
+        self._scopes: list[trio.CancelScope] = []
+        self._running = 0
+        self._closed = trio.Event()
+        node.services = self
+
+    def _build_host(self) -> Any:
+        """The host is built when the node starts (not earlier) so that its "Service engine
+        loaded" lines follow "The network interface … is now up", as in corosync."""
+        from .host import ServiceHost
+
+        node = self.node
+        host = ServiceHost(node.nodeid, self.cmap, self._mcast, send_ok=node.pg.send_ok,
+                           trans_ack=self._sync_completed, log=self.log.log,
+                           shutdown=self._shutdown, stats_cmap=self.stats_cmap,
+                           log_sync_completed=False)
+        node.confchg_handlers.append(host.on_confchg)
+        node.deliver_handlers.append(host.on_deliver)
+        node.sync_hook = self._sync_started
+        return host
+
+    def _mcast(self, group: bytes, message: bytes, guarantee: Any) -> None:
+        self.node.mcast([group], message, guarantee)
+
+    @staticmethod
+    def _sync_started(chg: Any) -> None:
+        """The host runs sync itself (it saw the confchg first); nothing to do here."""
+
+    def _sync_completed(self) -> None:
+        self.node.sync_completed()
+        if not self.first_sync_done.is_set():
+            for server in self.servers:
+                server.ready = True
+            self.first_sync_done.set()
+
+    def _shutdown(self, reason: str) -> None:
+        self.log.error("MAIN", f"Shutdown requested by a service: {reason}")
+        self.node.stop()
+
+    def ipc_type(self) -> str:
+        try:
+            return str(self.cmap.get("system.qb_ipc_type"))
+        except Exception:
+            return "native"
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        from .ipc import IpcServer
+
+        self.host = self._build_host()
+        ipc_type = self.ipc_type()
+        auth = uidgid_auth(self.cmap)
+        for svc in sorted(self.host.services.values(), key=lambda s: s.id):
+            handler = self.host.ipc_handlers.get(svc.ipc_name or "")
+            if handler is None:
+                continue
+            server = IpcServer(svc.ipc_name, handler, ipc_type=ipc_type, auth=auth,
+                               log=self.log)
+            server.ready = self.first_sync_done.is_set()
+            try:
+                await nursery.start(self._serve, server)
+            except OSError as exc:
+                raise ServiceStartError(
+                    f"Can't start the IPC server {svc.ipc_name} at {server.address!r}: "
+                    f"{exc.strerror or exc}") from exc
+            self.servers.append(server)
+            self.log.info("QB", f"server name: {svc.ipc_name}")
+        nursery.start_soon(self._tick)
+
+    async def _serve(self, server: Any, *,
+                     task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        scope = trio.CancelScope()
+        self._scopes.append(scope)
+        self._running += 1
+        try:
+            with scope:
+                await server.serve(task_status=task_status)
+        finally:
+            self._running -= 1
+            if self._running == 0:
+                self._closed.set()
+
+    async def stop(self) -> None:
+        """Close every IPC server; their clients are disconnected (services see lib_exit)."""
+        for server in self.servers:
+            server.ready = False
+        for scope in self._scopes:
+            scope.cancel()
+        if self._running:
+            await self._closed.wait()  # the servers' cleanup (connections closed) is done
+        try:
+            self.host.exec_exit()
+        except Exception as exc:
+            self.log.limited(LogLevel.ERROR, "SERV", "exec_exit", f"exec_exit failed: {exc!r}")
+
+    async def _tick(self) -> None:
+        """Once a second: retry sends a full queue refused (deliveries pump too, this covers
+        an idle ring), publish the service and IPC counters."""
+        from .cmap import CmapType
+
+        while True:
+            await trio.sleep(1.0)
+            try:
+                self.host.pump()
+                flush = getattr(self.host, "flush_stats", None)
+                if flush is not None:
+                    flush()
+                active = sum(s.stats.active for s in self.servers)
+                closed = sum(s.stats.disconnects for s in self.servers)
+                self.stats_cmap.set("stats.ipcs.global.active", active, CmapType.UINT64)
+                self.stats_cmap.set("stats.ipcs.global.closed", closed, CmapType.UINT64)
+            except Exception as exc:
+                self.log.limited(LogLevel.ERROR, "SERV", f"tick:{type(exc).__name__}",
+                                 f"service housekeeping failed: {exc!r}")
+
+
+async def run_node(config: Any, envelope: Any, log: CorosyncLog, ready_fd: int | None,
+                   stale_server_pid: int | None = None) -> int:
     from .cmap import CmapStore
+    from .ipc import remove_stale_dirs
     from .node import Node
     from .transport import make_transport
 
@@ -314,6 +483,7 @@ async def run_node(config: Any, envelope: Any, log: CorosyncLog, ready_fd: int |
         cmap.load_config(config)
     except Exception as exc:
         log.warning("MAIN", f"cmap: could not load the configuration keys: {exc!r}")
+    stats_cmap = CmapStore()
 
     def transport_log(level: Any, key: str, message: str) -> None:
         log.limited(level, "TOTEM", key, message)
@@ -324,24 +494,38 @@ async def run_node(config: Any, envelope: Any, log: CorosyncLog, ready_fd: int |
                                            transport_overhead=envelope.overhead)
     transport = make_transport(config, envelope=envelope, log=transport_log)
     try:
-        node = Node(config, log=log, transport=transport, cmap=cmap)
+        node = Node(config, log=log, transport=transport, cmap=cmap, stats_cmap=stats_cmap)
     except OSError as exc:
         log.error("MAIN", f"Can't read the ring id file in {config.system.state_dir}: "
                           f"{exc.strerror}")
         return EXIT_DIR_NOT_PRESENT
+    if stale_server_pid is not None:
+        removed = remove_stale_dirs(server_pid=stale_server_pid)
+        if removed:
+            log.info("MAIN", f"Removed {removed} IPC directories left by pid {stale_server_pid}")
+    ServiceLayer(node, cmap, stats_cmap, log)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             try:
                 await nursery.start(node.run)
+            except ServiceStartError as exc:
+                log.error("MAIN", str(exc))
+                return EXIT_INIT_SERVICES
             except OSError as exc:
                 log.error("TOTEM", f"Unable to bind the socket to {transport.local_ip}: "
                                    f"{exc.strerror} ({exc.errno})")
                 return EXIT_FATAL
+
+            async def on_signal() -> None:
+                async for _sig in signals:
+                    log.notice("MAIN", "Node was shut down by a signal")
+                    node.stop()
+                    break
+
+            nursery.start_soon(on_signal)
             report_ready(ready_fd, EXIT_OK)
-            async for _sig in signals:
-                log.notice("MAIN", "Node was shut down by a signal")
-                node.stop()
-                break
+            await node.wait_stopped()
+            nursery.cancel_scope.cancel()
     return EXIT_OK
 
 
@@ -383,7 +567,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         report_ready(ready_fd, status)
         return _exit_error(log, status)
     try:
-        status = trio.run(run_node, config, envelope, log, ready_fd)
+        stale = pidfile.previous_pid if pidfile.previous_pid != os.getpid() else None
+        status = trio.run(run_node, config, envelope, log, ready_fd, stale)
     except Exception as exc:  # a bug must still end in a logged, non-zero exit
         log.error("MAIN", f"Fatal error: {exc!r}")
         status = EXIT_FATAL

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import collections
 import traceback
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Protocol
 
 import attrs
 import trio
@@ -65,6 +65,16 @@ def member_ip_string(ip: str) -> str:
     return f"r(0) ip({ip}) "
 
 
+class NodeServices(Protocol):
+    """What the node needs from the service layer (exec/main.py's ``ServiceLayer``)."""
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        """Bring the services and their IPC servers up (tasks go into ``nursery``)."""
+
+    async def stop(self) -> None:
+        """Close the IPC servers and disconnect every client (before the LEAVE)."""
+
+
 class Node:
     """One running Totem node.
 
@@ -77,11 +87,18 @@ class Node:
     """
 
     def __init__(self, config: Any, *, log: CorosyncLog, transport: Any, pg: Any = None,
-                 cmap: Any = None, state_dir: str | None = None) -> None:
+                 cmap: Any = None, stats_cmap: Any = None,
+                 state_dir: str | None = None) -> None:
         self.config = config
         self.log = log
         self.transport = transport
         self.cmap = cmap
+        # corosync keeps stats.* in a map of its own (cmap map 1, ``corosync-cmapctl -m
+        # stats``); without a separate store they go to the main one.
+        self.stats_cmap = stats_cmap if stats_cmap is not None else cmap
+        #: The service layer (see :class:`NodeServices`): started once the transport is up,
+        #: stopped (clients disconnected) before the LEAVE is sent.
+        self.services: NodeServices | None = None
         self.nodeid: int = config.local_node.nodeid
         self.state_dir = state_dir or config.system.state_dir
         self.ring_seq_loaded = ringid.load_ring_seq(self.state_dir, self.nodeid)
@@ -149,12 +166,16 @@ class Node:
         try:
             self.log.notice("TOTEM", f"The network interface [{t.local_ip}] is now up.")
             self._publish_config()
-            self.log.info("TOTEM", "Configuring link 0")
-            if t.name == "UDP/IP Unicast":
-                for node in self.config.nodes:
-                    ip = self._addresses.get(node.nodeid, node.ring0_addr)
-                    self.log.notice("TOTEM", f"adding new UDPU member {{{ip}}}")
             async with trio.open_nursery() as nursery:
+                if self.services is not None:
+                    # Like corosync: service engines and their IPC servers come up after the
+                    # interface and before the links are configured (same log order).
+                    await self.services.start(nursery)
+                self.log.info("TOTEM", "Configuring link 0")
+                if t.name == "UDP/IP Unicast":
+                    for node in self.config.nodes:
+                        ip = self._addresses.get(node.nodeid, node.ring0_addr)
+                        self.log.notice("TOTEM", f"adding new UDPU member {{{ip}}}")
                 nursery.start_soon(t.run, self._on_datagram)
                 nursery.start_soon(self._timer_task)
                 nursery.start_soon(self._writer.run)
@@ -162,6 +183,11 @@ class Node:
                 self._drive(lambda now: self.pg.start(now))
                 task_status.started(self)
                 await self._stop.wait()
+                if self.services is not None:
+                    # Clients first: their processes leave their groups while we are still
+                    # a member, then the LEAVE tells the peers we are gone.
+                    with trio.move_on_after(5):
+                        await self.services.stop()
                 self._drive(lambda now: self.pg.leave(now))
                 with trio.move_on_after(2):
                     await self._writer.flush()
@@ -368,12 +394,23 @@ class Node:
             if key not in self.cmap:
                 self._cmap_set(key, int(getattr(cfg, field.name)), "UINT32")
 
+    def _stats_set(self, key: str, value: Any, type_name: str) -> None:
+        store = self.stats_cmap
+        if store is None:
+            return
+        try:
+            from .cmap import CmapType
+
+            store.set(key, value, CmapType[type_name])
+        except Exception as exc:
+            self.log.limited(LogLevel.DEBUG, "MAIN", f"cmap:{key}", f"stats set {key}: {exc!r}")
+
     def _publish_stats(self) -> None:
-        if self.cmap is None:
+        if self.stats_cmap is None:
             return
         space = getattr(self.srp, "queue_space", None)
         if callable(space):
-            self._cmap_set("stats.pg.msg_queue_avail", int(space()), "UINT32")
+            self._stats_set("stats.pg.msg_queue_avail", int(space()), "UINT32")
         stats = getattr(self.srp, "stats", None)
         if stats is None or not attrs.has(type(stats)):
             return
@@ -381,7 +418,7 @@ class Node:
             value = getattr(stats, field.name)
             if isinstance(value, bool) or not isinstance(value, int):
                 continue
-            self._cmap_set(f"stats.srp.{field.name}", value,
+            self._stats_set(f"stats.srp.{field.name}", value,
                            _SRP_STAT_TYPES.get(field.name, "UINT64"))
 
     async def _stats_task(self) -> None:

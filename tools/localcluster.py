@@ -140,6 +140,10 @@ def start_node(d: Path, state: dict[str, Any], i: int) -> int:
     if state["netns"]:
         cmd = ["ip", "netns", "exec", ns_name(state, i)] + cmd
     env = dict(os.environ, COROSYNC_LOCAL_ADDRS=node_ip(state, i))
+    if not state["netns"]:
+        # All nodes share one network namespace: libqb's abstract IPC names would collide,
+        # so each daemon gets its own rendezvous directory (clients: same variable).
+        env["COROSYNC_IPC_DIR"] = str(ndir / "ipc")
     with open(ndir / "stderr", "ab") as err:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=err, env=env,
                                 start_new_session=True)

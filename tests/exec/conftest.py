@@ -119,7 +119,11 @@ class Daemon:
         self.logfile = self.dir / "corosync.log"
         self.netns = netns
         self.proc: subprocess.Popen[bytes] | None = None
-        self.env_extra: dict[str, str] = {"COROSYNC_LOCAL_ADDRS": ip}
+        # Several daemons share one network namespace here: each gets its own IPC
+        # rendezvous directory (libqb's abstract names would collide).
+        self.ipc_dir = self.dir / "ipc"
+        self.env_extra: dict[str, str] = {"COROSYNC_LOCAL_ADDRS": ip,
+                                          "COROSYNC_IPC_DIR": str(self.ipc_dir)}
 
     def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "corosync.exec.main", "-f", "-c", str(self.conf)]
