@@ -6,7 +6,10 @@ are members, mcast TEXT, wait for PEERS deliveries; with "stay" also wait for a 
 leave.  Prints one JSON object.
 
 ``python svc_cpg_client.py watch GROUP``: join GROUP and print every CONFCHG/DELIVER event
-as a JSON line (``{"pid": …}`` first) until stdin is closed."""
+as a JSON line (``{"pid": …}`` first) until stdin is closed.
+
+``python svc_cpg_client.py iterate``: print the ITERATION_ALL list as JSON
+([group, nodeid, pid] in the executive's order) — what corosync-cpgtool shows."""
 
 from __future__ import annotations
 
@@ -65,7 +68,25 @@ def watch(group: bytes) -> None:
     c.close()
 
 
+def iterate() -> None:
+    with IpcClient.connect("cpg", timeout=10) as c:
+        _rid, err, body = c.request(5, bytes(136) + struct.pack("<I", 3), 10)
+        assert err == 1, err
+        out = []
+        while True:
+            _rid, err, item = c.request(6, body, 10)
+            if err != 1:
+                break
+            length = struct.unpack_from("<I", item, 0)[0]
+            out.append([item[8:8 + length].decode(), *struct.unpack_from("<II", item, 136)])
+        c.request(7, body, 10)
+        print(json.dumps(out), flush=True)
+
+
 def main() -> None:
+    if sys.argv[1] == "iterate":
+        iterate()
+        return
     if sys.argv[1] == "watch":
         watch(sys.argv[2].encode())
         return

@@ -274,6 +274,19 @@ def test_ours_as_representative_learns_joinlist_and_sees_nodedown(lab):
     wait_for(lambda: any(c[1] == [[1, w1.pid, 1]] for c in w3.confchgs()), 20,
              lambda: w3.lines)
     assert sorted(w3.confchgs()[-1][0]) == expected
+    # a second group on the real node 3: iteration order must be identical on both sides
+    w3b = lab.watcher(3, False, "another")
+    wait_for(lambda: w3b.confchgs(), 20, lambda: w3b.lines)
+
+    def iteration(i: int, ours: bool) -> list:
+        return json.loads(subprocess.run(lab.client_cmd(i, ours, "iterate"), env=lab.env,
+                                         capture_output=True, text=True, timeout=30).stdout)
+
+    wait_for(lambda: len(iteration(1, True)) == 4, 20, lambda: iteration(1, True))
+    ours_list, real_list = iteration(1, True), iteration(3, False)
+    assert ours_list == real_list, (ours_list, real_list)
+    assert [g for g, _n, _p in ours_list] == ["another", "grp", "grp", "grp"]
+    w3b.stop()
     lab.stop(2, signal.SIGKILL)
     wait_for(lambda: w1.confchgs()[-1][2] == [[2, w2.pid, 3]]
              and w3.confchgs()[-1][2] == [[2, w2.pid, 3]], 30,

@@ -429,3 +429,25 @@ def test_event_over_a_clients_max_size_is_lost_for_that_client_only():
     c.max_msg_size = 4096
     env.store.set("big.value.x", b"q" * 5000, CmapType.BINARY)
     assert cmap_get(env, c, "big.value.x", 5000) == (2, bytes(16), CsError.ERR_NO_MEMORY)
+
+
+def test_iteration_order_matches_reference_cpgtool(shared_dir):
+    """shared/reference/udpu/running/cpgtool-d.txt: Debian's corosync-cpgtool -d , lists
+    what ITERATION_ALL returns; the same process list must iterate in the same order."""
+    lines = (shared_dir / "reference" / "udpu" / "running" / "cpgtool-d.txt").read_text()
+    rows = [line.split(",") for line in lines.splitlines()[1:] if line]
+    env = Env()
+    svc = env.host.services[2]
+    for group, pid, nodeid in sorted(rows, key=lambda r: (int(r[2]), int(r[1]))):
+        svc._exec_procjoin(cpg.encode_procjoin(cpg.PROCJOIN, group.encode(), int(pid), 1),
+                           int(nodeid))
+    c = env.connect("cpg")
+    _mid, handle, _err = env.req("cpg", c, cpg.REQ_ITER_INIT, bytes(136) + struct.pack("<I", 3))
+    got = []
+    while True:
+        _mid, item, err = env.req("cpg", c, cpg.REQ_ITER_NEXT, handle)
+        if err != OK:
+            break
+        nodeid, pid = struct.unpack_from("<II", item, 136)
+        got.append([cpg.decode_name(item, 0).decode(), str(pid), str(nodeid)])
+    assert got == rows
