@@ -293,7 +293,10 @@ def test_ours_as_representative_learns_joinlist_and_sees_nodedown(lab):
              lambda: (w1.lines, w3.lines, lab.text(1)[-2000:]))
     assert sorted(w1.confchgs()[-1][0]) == sorted(w3.confchgs()[-1][0]) == sorted(
         [[1, w1.pid, 0], [3, w3.pid, 0]])
-    w1.stop()
-    w3.stop()
     for i in (1, 3):
         assert lab.procs[i].poll() is None, f"n{i} exited: {lab.text(i)[-2000:]}"
+    # and the other way round: our node dies, the real node reports our process NODEDOWN
+    lab.stop(1, signal.SIGKILL)
+    wait_for(lambda: w3.confchgs()[-1][2] == [[1, w1.pid, 3]], 30, lambda: w3.lines)
+    assert w3.confchgs()[-1][0] == [[3, w3.pid, 0]]
+    w3.stop()
