@@ -226,3 +226,70 @@ def test_malformed_exec_messages_through_the_ring_are_counted():
     join(c.nodes[2], b, b"g")
     mcast(n1, a, b"after")
     c.run_until(lambda: delivered(b) == [(1, 1, b"after")])
+
+
+def _random_run(seed: int) -> tuple[int, int, int | None]:
+    import random
+
+    rng = random.Random(seed)
+    c = Cluster(3, seed=seed)
+    c.run_until(c.settled((1, 2, 3)))
+    conns: list[tuple[int, FakeConn, bytes]] = []
+    crashed = None
+    pid = 1000
+    for step in range(60):
+        live = [i for i in c.nodes if c.nodes[i].up]
+        r = rng.random()
+        if r < 0.35 or not conns:
+            nodeid = rng.choice(live)
+            pid += 1
+            conn = c.nodes[nodeid].client(pid)
+            group = rng.choice([b"a", b"b", b"cc"])
+            c.nodes[nodeid].request("cpg", conn, cpg.REQ_JOIN,
+                                    cpg.encode_name(group) + struct.pack("<I4xI4x", pid, 0))
+            conns.append((nodeid, conn, group))
+        elif r < 0.7:
+            nodeid, conn, _g = rng.choice(conns)
+            if c.nodes[nodeid].up:
+                mcast(c.nodes[nodeid], conn, b"s%d" % step)
+        elif r < 0.85:
+            nodeid, conn, g = conns.pop(rng.randrange(len(conns)))
+            if c.nodes[nodeid].up:
+                if rng.random() < 0.5:
+                    c.nodes[nodeid].request("cpg", conn, cpg.REQ_LEAVE,
+                                            cpg.encode_name(g) + struct.pack("<I4x", conn.pid))
+                else:
+                    c.nodes[nodeid].host.ipc_handlers["cpg"].on_disconnect(conn)
+                    c.apply(c.nodes[nodeid], [])
+        elif crashed is None and step > 20:
+            crashed = rng.choice([2, 3])
+            c.crash(crashed)
+        try:
+            c.run_until(lambda: False, rng.randint(0, 30))
+        except AssertionError:
+            pass
+    live = tuple(i for i in c.nodes if c.nodes[i].up)
+    c.run_until(c.settled(live))
+    try:
+        c.run_until(lambda: False, 2000)  # let every in-flight message land
+    except AssertionError:
+        pass
+    views = {i: [(p.nodeid, p.pid, p.group) for p in c.nodes[i].host.services[2].procs]
+             for i in live}
+    first = views[live[0]]
+    assert all(v == first for v in views.values()), (seed, views)
+    return len(first), sum(len(delivered(conn)) for _n, conn, _g in conns), crashed
+    assert all(n != crashed for n, _p, _g in first)
+    # every live joined client's last confchg shows exactly its group's process list
+    for nodeid, conn, group in conns:
+        if nodeid in live and confchgs(conn):
+            want = [(n, p, 0) for n, p, g in first if g == group]
+            if (nodeid, conn.pid, 0) in want:
+                assert confchgs(conn)[-1][0] == want, (seed, nodeid, conn.pid)
+
+
+def test_random_operations_keep_process_lists_identical():
+    results = [_random_run(seed) for seed in range(6)]
+    # the runs did something: processes alive at the end, deliveries, a crash
+    assert all(procs > 0 and deliveries > 0 for procs, deliveries, _c in results), results
+    assert any(crashed for _p, _d, crashed in results)
