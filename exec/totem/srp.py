@@ -914,6 +914,8 @@ class Srp:
         seq = m.seq
         items = queue.items
         if seq not in items and queue.in_range(seq):
+            if type(data) is not bytes:  # a driver's reusable receive buffer: keep a copy
+                data = bytes(data)
             queue.add(seq, (m, data))
             if sq_lt(self._high_seq_received, seq):
                 self._high_seq_received = seq

@@ -209,3 +209,25 @@ def test_drops_are_counted_and_logged_rate_limited():
     node.receive(struct.pack("<HBBBII", 0xC070, 3, 9, 0, 1, 0), c.now)
     assert node.stats.dropped["truncated"] == 1 and node.stats.dropped["bad_type"] == 1
     assert c.run_until(lambda: c.ring_formed([1]), 1_000)
+
+
+def test_receive_accepts_reused_bytearray_buffers():
+    """A driver may receive into one reusable buffer: retained MCASTs must be copies."""
+    c = formed_cluster(2)
+    buf = bytearray(2000)
+    orig_receive = c.nodes[2].receive
+
+    def via_buffer(data, now):
+        buf[:len(data)] = data
+        view = memoryview(buf)[:len(data)]
+        return orig_receive(view, now)
+
+    c.drivers[2] = type("Drv", (), {"receive": staticmethod(via_buffer),
+                                     "timer_expired": c.nodes[2].timer_expired,
+                                     "trans_ack": c.nodes[2].trans_ack})()
+    for k in range(40):
+        c.send(1 + k % 2, b"msg-%d" % k)
+    assert c.run_until(lambda: len(c.delivered[2]) == 40 and len(c.delivered[1]) == 40, 10_000)
+    assert c.payloads(1) == c.payloads(2)
+    stored = [raw for _m, raw in c.nodes[2]._regular.items.values()]
+    assert all(type(raw) is bytes for raw in stored)
