@@ -84,12 +84,18 @@ def minimal_trace(cfg: SimConfig, limit: int = 250) -> tuple[Result, list[str]]:
         return r, []
     first = r.violations[0]
     tags = _mentions(first)
+    who = {f"n{n}" for n in first.nodes}
     keep = []
     for line in r.log:
         text = line[10:]
-        if (text.startswith(("FAULT", "END", "HEAL", "CHECK")) or " confchg " in text
-                or " down (" in text or " start (" in text or "EXCEPTION" in text
-                or "[TOTEM]" in text or any(f" {t} " in line + " " for t in tags)):
+        if text.startswith(("FAULT", "END", "HEAL", "CHECK", "CONVERGED")):
+            keep.append(line)
+            continue
+        if who and text.split(" ", 1)[0] not in who:
+            continue
+        if (" confchg " in text or " down (" in text or " start (" in text
+                or "EXCEPTION" in text or "[TOTEM]" in text
+                or any(f" {t} " in line + " " for t in tags)):
             keep.append(line)
     if len(keep) > limit:
         keep = keep[:limit // 2] + [f"   ... {len(keep) - limit} lines ..."] + keep[-limit // 2:]
