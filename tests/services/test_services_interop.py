@@ -1,5 +1,5 @@
-"""Interop: our node with the service host (tests/services/svc_node.py) in a udpu ring with
-two of Debian's corosync 3.1.7: sync completes on the real nodes (our SERVICE_BUILD and
+"""Interop: our daemon (``python -m corosync.exec.main``, which embeds the service host) in a
+udpu ring with two of Debian's corosync 3.1.7: sync completes on the real nodes (our SERVICE_BUILD and
 barriers are counted right), and CPG works across the mixed ring — a client on a real node
 and a client on ours see each other join, get both messages in the same order, and the real
 side sees our client's death as PROCDOWN.  Needs root, iproute2, unshare, nsenter and
@@ -61,7 +61,7 @@ def wait_for(pred, timeout: float, what) -> None:
 
 class Lab:
     """Three network namespaces; real nodes in private mount namespaces (as the totem
-    interop test); ours runs tests/services/svc_node.py.  Every process is stopped by pid."""
+    interop test); ours is our daemon.  Every process is stopped by pid."""
 
     def __init__(self, tmp_path: Path, state: dict) -> None:
         self.tmp = tmp_path
@@ -81,8 +81,8 @@ class Lab:
         (d / "corosync.conf").write_text(conf_text(d, ours))
         self.logs[i] = d / "corosync.log"
         if ours:
-            cmd = ["ip", "netns", "exec", self.ns(i), sys.executable, str(HERE / "svc_node.py"),
-                   "-f", "-c", str(d / "corosync.conf")]
+            cmd = ["ip", "netns", "exec", self.ns(i), sys.executable, "-m",
+                   "corosync.exec.main", "-f", "-c", str(d / "corosync.conf")]
         else:
             inner = ("mount -t tmpfs none /run && mount -t tmpfs none /var/lib/corosync && "
                      f"mount -t tmpfs none /dev/shm && exec {REAL} -f -c {d / 'corosync.conf'}")
