@@ -206,3 +206,25 @@ def test_convergence_bound_derivation():
     cfg = derive(3, token=400, token_coefficient=25)
     assert convergence_bound(cfg) == (3 * cfg.consensus + 3 * cfg.token + cfg.merge + cfg.hold
                                       + 10 * cfg.join)
+
+
+def test_shrinker_keeps_only_the_guilty_fault():
+    # The sequencer fake has no recovery: a crashed node restarts waiting for stamp 1
+    # forever, which the checkers report.  Delays and reordering are harmless to it.
+    from corosync.exec.sim.shrink import minimal_trace, shrink
+
+    harmless = [Delay(1600 + 100 * i, 300, 1 + i % 3, 20) for i in range(6)]
+    harmless += [Reorder(2500 + 50 * i, 200, 15) for i in range(4)]
+    guilty = Crash(2222, 300, 3)
+    cfg = SimConfig(nodes=3, seed=1, schedule=harmless + [guilty], duration=2500,
+                    stack=sequencer_factory(3), queue_full=fake_queue_full)
+    failed = run(cfg)
+    assert failed.violations
+    clean = run(SimConfig(nodes=3, seed=1, schedule=harmless, duration=2500,
+                          stack=sequencer_factory(3), queue_full=fake_queue_full))
+    assert clean.violations == []
+    small, result = shrink(cfg, failed)
+    assert small.schedule == [guilty]
+    assert result.violations
+    replayed, lines = minimal_trace(small)
+    assert replayed.violations and any("FAULT" in line and "crash n3" in line for line in lines)

@@ -57,6 +57,10 @@ def test_fault_free_ring_delivers_everything_everywhere(nodes):
     assert len(r.trace.sent) > 50
     assert r.messages_delivered == len(r.trace.sent)
     assert_everyone_got_everything_after_formation(r, nodes)
+    # The SAFE and srp-level checkers were fed, not vacuously happy.
+    assert sum(len(i.safe) for i in r.trace.incarnations) > 10
+    assert all(i.has for i in r.trace.incarnations)
+    assert all(any(e[0] == "d" for e in i.srp_events) for i in r.trace.incarnations)
 
 
 def test_one_mib_messages_cross_a_three_node_ring():
