@@ -272,8 +272,11 @@ def cmap_quit() -> None:
 
 
 def quorum() -> None:
-    """QUORUM_RESTART with the FIFO provider: start() waits for quorum; losing it kills."""
-    h = sam.initialize(0, sam.RecoveryPolicy.QUORUM_RESTART, quorum_source=FifoQuorum)
+    """QUORUM_RESTART|CMAP with the FIFO provider: start() waits for quorum (the cmap state
+    says so); losing quorum kills the instance."""
+    cmap = FileCmap()
+    h = sam.initialize(0, sam.RecoveryPolicy.QUORUM_RESTART | sam.RecoveryPolicy.CMAP,
+                       quorum_source=FifoQuorum, cmap_factory=lambda: cmap)
     iid = h.register()
     log("starting", iid=iid)
     h.start()
@@ -304,6 +307,51 @@ def garbage() -> None:
         os.write(h._child_out, b"\xee" * 16)
         hang()
     sys.exit(0)
+
+
+def real_cmap() -> None:
+    """Against a real executive: the keys as a separate cmap client sees them."""
+    from corosync.cmap import Cmap
+
+    h = sam.initialize(1000, sam.RecoveryPolicy.QUIT | sam.RecoveryPolicy.CMAP)
+    iid = h.register()
+    prefix = f"resources.process.{os.getppid()}."
+    with Cmap.initialize() as c:
+        seen = {"recovery": c.get_string(prefix + "recovery"),
+                "poll_period": c.get_uint64(prefix + "poll_period"),
+                "state0": c.get_string(prefix + "state")}
+        h.start()
+        seen["state1"] = c.get_string(prefix + "state")
+        h.hc_send()
+        h.data_store(b"sync")           # a round trip: the watchdog handled the hc before
+        first = c.get_uint64(prefix + "last_updated")
+        h.hc_send()
+        h.data_store(b"sync")
+        seen["advanced"] = c.get_uint64(prefix + "last_updated") > first
+        h.stop()
+        seen["state2"] = c.get_string(prefix + "state")
+    log("instance", iid=iid, **seen)
+    h.finalize()
+    sys.exit(0)
+
+
+def real_mark_failed() -> None:
+    h = sam.initialize(1000, sam.RecoveryPolicy.RESTART | sam.RecoveryPolicy.CMAP)
+    iid = h.register()
+    log("instance", iid=iid)
+    h.start()
+    h.mark_failed()
+    hang()
+
+
+def real_quorum() -> None:
+    """QUORUM_QUIT|CMAP with the executive's quorum service (IpcQuorumSource)."""
+    h = sam.initialize(0, sam.RecoveryPolicy.QUORUM_QUIT | sam.RecoveryPolicy.CMAP)
+    iid = h.register()
+    log("starting", iid=iid)
+    h.start()
+    log("started", iid=iid)
+    hang()
 
 
 def api() -> None:

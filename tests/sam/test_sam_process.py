@@ -136,9 +136,12 @@ def test_quorum_wait_loss_and_restart(sam_app, tmp_path: Path) -> None:
         os.write(writer, b"0")                         # inquorate at initialize
         app = sam_app("quorum")
         app.wait_for(lambda ev: [e["iid"] for e in of(ev, "starting")] == [1])
+        state = f"resources.process.{app.pid}.state"
+        app.wait_for(lambda ev: file_cmap(tmp_path).get(state) == "waiting for quorum")
         assert not of(app.events(), "started")          # start() blocks without quorum
         os.write(writer, b"1")
         app.wait_for(lambda ev: [e["iid"] for e in of(ev, "started")] == [1])
+        assert file_cmap(tmp_path)[state] == "running"
         os.write(writer, b"0")                         # quorum lost: instance 1 killed
         app.wait_for(lambda ev: [e["iid"] for e in of(ev, "starting")] == [1, 2])
         assert [e["iid"] for e in of(app.events(), "started")] == [1]
