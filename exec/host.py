@@ -95,7 +95,7 @@ class ServiceIpcHandler:
     def on_connect(self, conn: Any) -> bool:
         self.conns.append(conn)
         self.service.lib_init(conn)
-        if self.host.sync_in_process:
+        if self.host.sync_in_process and not self.service.ipc_during_sync:
             _set_fc(conn, FC_SYNC)
         return True
 
@@ -355,6 +355,8 @@ class ServiceHost:
         self.sync_in_process = value
         level = FC_SYNC if value else FC_OFF
         for handler in self.ipc_handlers.values():
+            if handler.service.ipc_during_sync:
+                continue
             for conn in handler.conns:
                 _set_fc(conn, level)
 

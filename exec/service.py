@@ -208,6 +208,9 @@ class Service:
     ipc_name: ClassVar[str | None] = None
     #: whether the service takes part in sync (has sync_init).
     sync: ClassVar[bool] = False
+    #: corosync keeps serving this service's IPC while sync runs (only votequorum, so that
+    #: a quorum device can keep voting): its connections never get the sync flow control.
+    ipc_during_sync: ClassVar[bool] = False
     subsys: ClassVar[str] = "MAIN"
 
     def __init__(self, api: ServiceApi) -> None:

@@ -451,3 +451,26 @@ def test_iteration_order_matches_reference_cpgtool(shared_dir):
         nodeid, pid = struct.unpack_from("<II", item, 136)
         got.append([cpg.decode_name(item, 0).decode(), str(pid), str(nodeid)])
     assert got == rows
+
+
+def test_ipc_during_sync_services_get_no_sync_flow_control():
+    from corosync.exec.service import LibHandler, Service
+
+    class Voting(Service):
+        id = 5
+        name = "test voting service"
+        ipc_name = "voting"
+        ipc_during_sync = True
+
+        def __init__(self, api):
+            super().__init__(api)
+            self.lib_handlers = {0: LibHandler(lambda c, p: c.send_response(0, b"ok"))}
+
+    host = ServiceHost(1, CmapStore(), lambda g, m, gu: None,
+                       services=[lambda api: cmap.CmapService(api), Voting])
+    v, m = FakeConn(), FakeConn()
+    host.ipc_handlers["voting"].on_connect(v)
+    host.ipc_handlers["cmap"].on_connect(m)
+    assert (v.fc_level, m.fc_level) == (0, 2)  # starting up = in sync
+    host.ipc_handlers["voting"].on_request(v, 0, b"")
+    assert v.responses == [(0, b"ok", 1)]
