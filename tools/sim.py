@@ -15,6 +15,7 @@ import os
 import sys
 
 from corosync.exec.sim.cluster import LoadParams, SimConfig, Simulation
+from corosync.exec.sim.faults import from_json, to_json
 from corosync.exec.sim.shrink import minimal_trace, shrink
 
 
@@ -36,7 +37,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--interval", type=int, default=40,
                    help="mean ms between application messages per node (40)")
     p.add_argument("--no-shrink", action="store_true", help="do not shrink a failing run")
+    p.add_argument("--schedule", default=None,
+                   help="explicit fault schedule as JSON (or @FILE), as printed for a "
+                        "shrunk failing run; replaces the random one (--faults ignored)")
     return p
+
+
+def _nodes_of(fault) -> list[int]:
+    nodes = [getattr(fault, k) for k in ("node", "src", "dst") if hasattr(fault, k)]
+    nodes += [n for g in getattr(fault, "groups", ()) for n in g]
+    return [n for n in nodes if n is not None]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,7 +71,22 @@ def _main(argv: list[str] | None) -> int:
         print("corosync-sim: --token >= 50, --max-size >= 20, --interval >= 1",
               file=sys.stderr)
         return 2
-    cfg = SimConfig(nodes=args.nodes, seed=args.seed, faults=args.faults,
+    schedule = None
+    if args.schedule is not None:
+        try:
+            text = args.schedule
+            if text.startswith("@"):
+                with open(text[1:], encoding="utf-8") as fh:
+                    text = fh.read()
+            schedule = from_json(json.loads(text))
+        except (OSError, ValueError) as exc:
+            print(f"corosync-sim: --schedule: {exc}", file=sys.stderr)
+            return 2
+        if any(n > args.nodes for f in schedule for n in _nodes_of(f)):
+            print("corosync-sim: --schedule names a node above --nodes", file=sys.stderr)
+            return 2
+        args.faults = len(schedule)
+    cfg = SimConfig(nodes=args.nodes, seed=args.seed, faults=args.faults, schedule=schedule,
                     duration=args.duration, record_log=args.replay,
                     totem={"token": args.token, "token_coefficient": 25},
                     load=LoadParams(interval=args.interval, large_max=args.max_size))
@@ -106,6 +131,10 @@ def _main(argv: list[str] | None) -> int:
               f"{small.warmup + (small.duration or 0)} ms):", file=out)
         for f in small.schedule:
             print(f"  {f}", file=out)
+        print(f"replay: corosync-sim --nodes {args.nodes} --seed {args.seed} "
+              f"--token {args.token} --max-size {args.max_size} --interval {args.interval} "
+              f"--duration {small.duration} --schedule "
+              f"'{json.dumps(to_json(small.schedule), separators=(',', ':'))}'", file=out)
     replayed, lines = minimal_trace(small)
     if replayed.violations:
         print(f"minimal trace for: {replayed.violations[0]}", file=out)

@@ -180,3 +180,33 @@ def random_schedule(rng: random.Random, nodes: list[int], count: int, start: int
             out.append(kind(at, duration, node))
     out.sort(key=lambda f: f.at)
     return out
+
+
+_KINDS = {cls.__name__.lower(): cls for cls in
+          (Loss, Duplicate, Reorder, Delay, Partition, OneWay, Pause, Crash, Leave)}
+
+
+def to_json(schedule: list[Fault]) -> list[dict]:
+    """A schedule as JSON-able dicts (``{"kind": "crash", "at": .., ...}``)."""
+    from attrs import asdict
+
+    return [{"kind": type(f).__name__.lower(), **asdict(f)} for f in schedule]
+
+
+def from_json(items: list[dict]) -> list[Fault]:
+    """Inverse of :func:`to_json`; raises ValueError naming the bad entry."""
+    out: list[Fault] = []
+    for i, item in enumerate(items):
+        try:
+            fields = dict(item)
+            cls = _KINDS[fields.pop("kind")]
+            if cls is Partition:
+                fields["groups"] = tuple(tuple(int(n) for n in g) for g in fields["groups"])
+            fault = cls(**fields)
+            if not isinstance(fault.at, int) or not isinstance(fault.duration, int) \
+                    or fault.duration < 0:
+                raise ValueError("at/duration must be integers, duration >= 0")
+            out.append(fault)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"schedule entry {i}: {exc!r}") from None
+    return out

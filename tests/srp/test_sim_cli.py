@@ -57,3 +57,19 @@ def test_violation_exits_non_zero_with_seed_and_trace(capsys, monkeypatch):
     assert "VIOLATIONS with seed 5" in out and "[test]" in out
     assert "shrunk to 0 of 2 faults" in out
     assert "minimal trace for: [test]" in out
+
+
+def test_explicit_schedule_replays_and_bad_ones_are_refused(capsys):
+    sched = ('[{"kind":"partition","at":1600,"duration":900,"groups":[[1],[2,3]]},'
+             '{"kind":"crash","at":1700,"duration":400,"node":2}]')
+    args = ["--nodes", "3", "--seed", "3", "--duration", "1500", "--schedule", sched,
+            "--replay", "--no-shrink"]
+    rc = main(args)
+    out = capsys.readouterr().out
+    assert rc in (0, 1)
+    assert "FAULT @1600+900 partition 1 | 2,3" in out and "FAULT @1700+400 crash n2" in out
+    assert "HEAL" in out and "3 nodes, 2 faults," in out
+    for bad in ('[{"kind":"nope"}]', "not json", '[{"kind":"crash","at":1,"duration":5,"node":9}]',
+                '[{"kind":"pause","at":"x","duration":5,"node":1}]'):
+        assert main(["--nodes", "3", "--schedule", bad]) == 2
+        assert "--schedule" in capsys.readouterr().err

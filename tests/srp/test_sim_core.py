@@ -228,3 +228,11 @@ def test_shrinker_keeps_only_the_guilty_fault():
     assert result.violations
     replayed, lines = minimal_trace(small)
     assert replayed.violations and any("FAULT" in line and "crash n3" in line for line in lines)
+
+
+def test_schedule_json_round_trip():
+    from corosync.exec.sim.faults import from_json, to_json
+    import json
+
+    sched = random_schedule(random.Random(2), [1, 2, 3, 4, 5], 300, 0, 9000, 400)
+    assert from_json(json.loads(json.dumps(to_json(sched)))) == sched
