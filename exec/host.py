@@ -67,6 +67,10 @@ class _Api:
         self._host = host
         self.nodeid = host.nodeid
         self.cmap = host.cmap
+        if host._timer_add is not None and host._timer_del is not None:
+            # only offered when the driver has timers (services probe with getattr)
+            self.timer_add = host.timer_add
+            self.timer_del = host.timer_del
 
     def mcast(self, message: bytes, guarantee: Guarantee = Guarantee.AGREED) -> None:
         self._host._send(GROUP_A, message, guarantee)
@@ -160,6 +164,8 @@ class ServiceHost:
                  services: Iterable[Callable[[Any], Service]] | None = None,
                  stats_cmap: CmapStore | None = None,
                  on_ready: Callable[[], None] | None = None,
+                 timer_add: Callable[[int, Callable[[], None]], Any] | None = None,
+                 timer_del: Callable[[Any], None] | None = None,
                  log_sync_completed: bool = True) -> None:
         self.nodeid = nodeid
         self.cmap = cmap
@@ -169,6 +175,8 @@ class ServiceHost:
         self._log = log
         self._shutdown = shutdown
         self._on_ready = on_ready
+        self._timer_add = timer_add
+        self._timer_del = timer_del
         #: corosync refuses IPC connections (EAGAIN) until its first sync completed;
         #: ``on_ready`` fires once then (e.g. set every IpcServer's ``ready``)
         self.ready = False
@@ -273,6 +281,24 @@ class ServiceHost:
     def count(self, reason: str, text: str) -> None:
         self.stats.dropped[reason] = self.stats.dropped.get(reason, 0) + 1
         self.log_limited(LogLevel.WARNING, "MAIN", reason, text)
+
+    def timer_add(self, ms: int, callback: Callable[[], None]) -> Any:
+        """One-shot service timer through the driver's ``timer_add(ms, fn) -> handle``;
+        the callback runs guarded (a failure is logged) and is followed by :meth:`pump`."""
+        assert self._timer_add is not None
+
+        def fire() -> None:
+            try:
+                callback()
+            except Exception as exc:
+                self.log(LogLevel.ERROR, "MAIN", f"service timer {callback!r} failed: {exc!r}")
+            self.pump()
+
+        return self._timer_add(int(ms), fire)
+
+    def timer_del(self, handle: Any) -> None:
+        assert self._timer_del is not None
+        self._timer_del(handle)
 
     def shutdown(self, reason: str) -> None:
         self.shutdown_requested = reason

@@ -197,6 +197,9 @@ class ServiceApi(Protocol):
                     subsys: str = "MAIN") -> None: ...
     def shutdown_request(self, reason: str) -> None: ...
 
+    # Present only when the driver provides timers (probe with getattr):
+    # timer_add(ms, callback) -> handle, timer_del(handle); one-shot.
+
 
 class Service:
     """Base class of every service (see the module docstring).  Subclasses set the class

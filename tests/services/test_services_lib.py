@@ -474,3 +474,31 @@ def test_ipc_during_sync_services_get_no_sync_flow_control():
     assert (v.fc_level, m.fc_level) == (0, 2)  # starting up = in sync
     host.ipc_handlers["voting"].on_request(v, 0, b"")
     assert v.responses == [(0, b"ok", 1)]
+
+
+def test_service_timers_only_with_a_driver_and_guarded():
+    host = ServiceHost(1, CmapStore(), lambda g, m, gu: None)
+    api = host.services[2].api
+    assert getattr(api, "timer_add", None) is None  # no driver timers: not offered
+    pending: dict[int, object] = {}
+    logs = []
+    ids = iter(range(1, 100))
+
+    def add(ms, fn):
+        handle = next(ids)
+        pending[handle] = (ms, fn)
+        return handle
+
+    host = ServiceHost(1, CmapStore(), lambda g, m, gu: None, timer_add=add,
+                       timer_del=lambda h: pending.pop(h, None),
+                       log=lambda lvl, sub, text: logs.append(text))
+    api = host.services[2].api
+    fired = []
+    h1 = api.timer_add(30, lambda: fired.append(1))
+    h2 = api.timer_add(50, lambda: 1 / 0)
+    h3 = api.timer_add(70, lambda: fired.append(3))
+    api.timer_del(h3)
+    assert sorted(pending) == [h1, h2] and pending[h1][0] == 30
+    for h in (h1, h2):
+        pending.pop(h)[1]()
+    assert fired == [1] and any("ZeroDivisionError" in line for line in logs)
