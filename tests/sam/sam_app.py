@@ -297,6 +297,23 @@ def quorum_dies() -> None:
     hang()
 
 
+def grandchild() -> None:
+    """Instance 1 forks a grandchild that inherits the watchdog pipe, then dies while
+    started: the watchdog must see the death (pidfd) although the pipe never reaches EOF."""
+    h = sam.initialize(0, sam.RecoveryPolicy.RESTART)
+    iid = h.register()
+    log("instance", iid=iid)
+    if iid == 1:
+        h.start()
+        pid = os.fork()
+        if pid == 0:
+            log("grandchild")
+            time.sleep(60)
+            os._exit(0)
+        os._exit(5)
+    sys.exit(0)
+
+
 def garbage() -> None:
     """A child that writes a forged frame into the watchdog's pipe gets killed (counted)."""
     h = sam.initialize(0, sam.RecoveryPolicy.RESTART)

@@ -166,6 +166,19 @@ def test_quorum_provider_death_kills_child(sam_app, tmp_path: Path) -> None:
         os.close(writer)
 
 
+def test_child_death_seen_although_a_grandchild_holds_the_pipe(sam_app) -> None:
+    app = sam_app("grandchild")
+    try:
+        assert app.wait_exit() == 0
+        assert instances(app.events()) == [1, 2]
+    finally:
+        for e in of(app.events(), "grandchild"):
+            try:
+                os.kill(e["pid"], signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
 def test_forged_frame_kills_the_child(sam_app) -> None:
     app = sam_app("garbage")
     assert app.wait_exit() == 0
