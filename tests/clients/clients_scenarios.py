@@ -131,9 +131,12 @@ async def cpg_async() -> dict[str, Any]:
     return out
 
 
-def cpg_peer(group: str) -> None:
-    """Join ``group`` and stream events as JSON lines; stdin commands: ``send N TAG``,
-    ``sendbig N``, ``leave``, ``membership``; EOF exits without leaving."""
+def cpg_peer(group_arg: str) -> None:
+    """Join the group (``hex:...`` for arbitrary bytes) and stream events as JSON lines;
+    stdin commands: ``send N TAG``, ``sendbig N``, ``leave``, ``membership``; EOF exits
+    without leaving."""
+    group = (bytes.fromhex(group_arg[4:]) if group_arg.startswith("hex:")
+             else group_arg.encode())
 
     def emit(obj: dict[str, Any]) -> None:
         sys.stdout.write(json.dumps(obj) + "\n")
@@ -153,7 +156,7 @@ def cpg_peer(group: str) -> None:
 
     h = Cpg.model_initialize(deliver=deliver, confchg=confchg, totem_confchg=totem,
                              flags=ModelFlags.DELIVER_INITIAL_TOTEM_CONF)
-    h.join(group.encode())
+    h.join(group)
     emit({"ev": "joined", "pid": os.getpid()})
     stdin = sys.stdin.buffer.raw  # type: ignore[attr-defined]
     pending = b""
@@ -186,11 +189,11 @@ def cpg_peer(group: str) -> None:
                     h.mcast_joined(Guarantee.AGREED, bytes(range(256)) * int(cmd[1]))
                     emit({"ev": "sent", "n": 1})
                 elif cmd[0] == "leave":
-                    h.leave(group.encode())
+                    h.leave(group)
                     emit({"ev": "leave_sent"})
                 elif cmd[0] == "membership":
                     emit({"ev": "membership", "members": [[a.nodeid, a.pid] for a in
-                                                         h.membership_get(group.encode())]})
+                                                         h.membership_get(group)]})
 
 
 def main() -> None:
