@@ -788,6 +788,7 @@ class Sam:
             cmd_r, cmd_w = os.pipe()
             rep_r, rep_w = os.pipe()
             self.instance_id += 1
+            _flush_stdio()      # else buffered output would be written by both processes
             try:
                 pid = os.fork()
             except OSError as exc:
@@ -942,6 +943,15 @@ class Sam:
         self._data = b""
         if not self.is_child:
             self._drop_quorum()
+
+
+def _flush_stdio() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):
+            pass
 
 
 def _describe(status: int) -> str:
