@@ -58,8 +58,9 @@ from corosync._common import CsError, CsErrorCode, RateLimitedLog
 
 __all__ = [
     "RecoveryPolicy", "State", "Sam", "initialize", "QuorumSource", "CmapLike",
-    "IpcQuorumSource", "Command", "Frame", "FrameDecoder", "ProtocolError", "encode_frame",
-    "encode_reply", "decode_reply", "CsError", "CsErrorCode",
+    "IpcQuorumSource", "LibQuorumSource", "default_quorum_source", "Command", "Frame",
+    "FrameDecoder", "ProtocolError", "encode_frame", "encode_reply", "decode_reply", "CsError",
+    "CsErrorCode",
 ]
 
 log = logging.getLogger("corosync.sam")
@@ -363,6 +364,60 @@ class IpcQuorumSource:
 
     def close(self) -> None:
         self._client.close()
+
+
+class LibQuorumSource:
+    """Quorum state through :class:`corosync.quorum.Quorum`, used exactly as libsam uses
+    libquorum: ``initialize`` (model V0), ``trackstart(CS_TRACK_CHANGES)``, one blocking
+    ``dispatch(ONE)`` for the initial state, then ``dispatch(ALL)`` whenever the fd is
+    readable.  Malformed events are dropped (and logged) by the quorum library."""
+
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+        self._quorate: bool | None = None
+
+    @classmethod
+    def connect(cls, *, ipc_dir: str | os.PathLike[str] | None = None) -> "LibQuorumSource":
+        from corosync.quorum import DispatchFlags, Quorum, TrackFlags
+
+        source = cls(None)
+        source._handle = Quorum.initialize(notify=source._notify, ipc_dir=ipc_dir)
+        try:
+            source._handle.trackstart(TrackFlags.CHANGES)
+            while source._quorate is None:
+                source._handle.dispatch(DispatchFlags.ONE)
+        except BaseException:
+            source.close()
+            raise
+        return source
+
+    def _notify(self, note: Any) -> None:
+        self._quorate = bool(note.quorate)
+
+    @property
+    def quorate(self) -> bool:
+        return bool(self._quorate)
+
+    def fileno(self) -> int:
+        return int(self._handle.fileno())
+
+    def dispatch(self) -> None:
+        from corosync.quorum import DispatchFlags
+
+        self._handle.dispatch(DispatchFlags.ALL)
+
+    def close(self) -> None:
+        self._handle.finalize()
+
+
+def default_quorum_source() -> QuorumSource:
+    """:class:`LibQuorumSource` when :mod:`corosync.quorum` is installed, else the built-in
+    :class:`IpcQuorumSource` (the same three messages, spoken directly)."""
+    try:
+        import corosync.quorum  # noqa: F401
+    except ImportError:
+        return IpcQuorumSource.connect()
+    return LibQuorumSource.connect()
 
 
 def _default_cmap() -> CmapLike:
@@ -687,7 +742,7 @@ class Sam:
         self._quorum: QuorumSource | None = None
         self._inherited: tuple[Any, ...] = ()
         if policy & RecoveryPolicy.QUORUM:
-            factory = quorum_source or IpcQuorumSource.connect
+            factory = quorum_source or default_quorum_source
             self._quorum = factory()
 
     # -- state checks -------------------------------------------------------------------------
@@ -967,9 +1022,9 @@ def initialize(time_interval: int, recovery_policy: RecoveryPolicy | int, *,
     child's death) and the recovery policy.
 
     With a QUORUM policy the quorum state is read now (``quorum_source`` is a factory
-    returning a :class:`QuorumSource`; default: :meth:`IpcQuorumSource.connect` to the
-    executive).  ``cmap_factory`` gives the connection used for the CMAP flag's keys
-    (default: :meth:`corosync.cmap.Cmap.initialize`).
+    returning a :class:`QuorumSource`; default: :func:`default_quorum_source`, the
+    executive's quorum service).  ``cmap_factory`` gives the connection used for the CMAP
+    flag's keys (default: :meth:`corosync.cmap.Cmap.initialize`).
     """
     return Sam(time_interval, recovery_policy, quorum_source=quorum_source,
                cmap_factory=cmap_factory)

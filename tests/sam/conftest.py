@@ -23,11 +23,11 @@ APP = Path(__file__).with_name("sam_app.py")
 
 class SamApp:
     def __init__(self, scenario: str, workdir: Path, prefix: list[str] | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> None:
         self.workdir = workdir
         self.log = workdir / "log.jsonl"
         self.proc = subprocess.Popen([*(prefix or []), sys.executable, str(APP), scenario,
-                                      str(workdir)],
+                                      str(workdir), *args],
                                      start_new_session=True, env=env,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 

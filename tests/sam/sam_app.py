@@ -363,7 +363,10 @@ def real_mark_failed() -> None:
 
 def real_quorum() -> None:
     """QUORUM_QUIT|CMAP with the executive's quorum service (IpcQuorumSource)."""
-    h = sam.initialize(0, sam.RecoveryPolicy.QUORUM_QUIT | sam.RecoveryPolicy.CMAP)
+    source = {"lib": sam.LibQuorumSource.connect, "ipc": sam.IpcQuorumSource.connect,
+              "default": None}[sys.argv[3]]
+    h = sam.initialize(0, sam.RecoveryPolicy.QUORUM_QUIT | sam.RecoveryPolicy.CMAP,
+                       quorum_source=source)
     iid = h.register()
     log("starting", iid=iid)
     h.start()

@@ -149,10 +149,15 @@ def test_mark_failed_state_seen_by_debian_cmapctl(daemon: Daemon, sam_app) -> No
     assert f"resources.process.{app.pid}.last_updated (u64) = " in listing
 
 
-def test_quorum_wait_then_executive_loss(daemon: Daemon, sam_app) -> None:
+@pytest.mark.parametrize("source", ["default", "lib", "ipc"])
+def test_quorum_wait_then_executive_loss(daemon: Daemon, sam_app, source: str) -> None:
+    """Both quorum sources: corosync.quorum (LibQuorumSource, the default) and the built-in
+    IpcQuorumSource."""
+    if source == "lib":
+        pytest.importorskip("corosync.quorum")
     status = daemon.run(QUORUMTOOL, "-s")
     assert status.returncode == 2, status.stdout        # inquorate: expected votes 2
-    app = sam_app("real_quorum", prefix=daemon.prefix())
+    app = sam_app("real_quorum", prefix=daemon.prefix(), args=(source,))
     app.wait_for(lambda ev: bool(of(ev, "starting")), timeout=30)
     key = f"resources.process.{app.pid}.state"
     deadline = time.monotonic() + 30
