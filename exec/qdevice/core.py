@@ -224,6 +224,8 @@ class QdeviceNet:
         self.connect_due: Optional[float] = None
         self.server_supports_kap = False
         self.tls_active = False
+        self.tls_cert_sent = False  # the driver sets it when the server asked for our cert
+        self.last_echo_reply: Optional[float] = None
         self.tls_server: Optional[int] = None
         self.connected_since: Optional[float] = None
         self.disconnect_reason: Optional[Reason] = None
@@ -559,6 +561,7 @@ class QdeviceNet:
             self._disconnected(Reason.ECHO_REPLY_WRONG_SEQ, now)
             return
         self.echo_reply_seq = self.echo_seq
+        self.last_echo_reply = now
 
     def _effective_vote(self, msg: P.Message) -> int:
         """A vote about another ring than the one we last sent is NO_CHANGE (§6.5)."""
