@@ -360,6 +360,12 @@ class ServiceLayer:
         self._scopes: list[trio.CancelScope] = []
         self._running = 0
         self._closed = trio.Event()
+        self.queue_fc = False
+        self.queue_fc_count = 0
+        queue_max = int(getattr(getattr(node.config, "totem_config", None), "send_queue_max",
+                                2974))
+        self.fc_on_below = max(queue_max // 3, 1)
+        self.fc_off_above = max(queue_max // 2, 1)
         node.services = self
 
     def _build_host(self) -> Any:
@@ -374,11 +380,47 @@ class ServiceLayer:
                            log_sync_completed=False)
         node.confchg_handlers.append(host.on_confchg)
         node.deliver_handlers.append(host.on_deliver)
+        node.deliver_handlers.append(self._after_delivery)
         node.sync_hook = self._sync_started
         return host
 
     def _mcast(self, group: bytes, message: bytes, guarantee: Any) -> None:
         self.node.mcast([group], message, guarantee)
+        if not self.queue_fc and self._queue_space() < self.fc_on_below:
+            self._set_queue_fc(True)
+
+    # -- IPC flow control from the Totem queue level ---------------------------------------
+    #
+    # corosync stops reading IPC requests when the Totem queue is nearly full (totempg's
+    # queue level CRITICAL -> qb_ipcs_request_rate_limit OFF) so that libcpg's
+    # cpg_mcast_joined answers CS_ERR_TRY_AGAIN instead of a message being lost.  We do
+    # the same per CPG connection: the libqb flow-control word (clients' mcast sends get
+    # EAGAIN) plus the server holding that connection's requests until it is cleared.  The
+    # "on" threshold leaves room for the largest message (1 MiB = ~750 packets) so a
+    # request already accepted always fits; hysteresis avoids flapping.
+
+    def _queue_space(self) -> int:
+        space = getattr(self.node.srp, "queue_space", None)
+        return int(space()) if callable(space) else 1 << 30
+
+    def _set_queue_fc(self, on: bool) -> None:
+        from .host import FC_OFF, FC_SYNC
+
+        self.queue_fc = on
+        self.queue_fc_count += on
+        if not on and self.host.sync_in_process:
+            return  # the host owns the word during sync and clears it when sync ends
+        level = FC_SYNC if on else FC_OFF
+        handler = self.host.ipc_handlers.get("cpg")
+        for conn in list(getattr(handler, "conns", ())):
+            try:
+                conn.set_flow_control(level)
+            except Exception:
+                pass
+
+    def _after_delivery(self, _d: Any) -> None:
+        if self.queue_fc and self._queue_space() > self.fc_off_above:
+            self._set_queue_fc(False)
 
     @staticmethod
     def _sync_started(chg: Any) -> None:
@@ -459,6 +501,7 @@ class ServiceLayer:
             await trio.sleep(1.0)
             try:
                 self.host.pump()
+                self._after_delivery(None)
                 flush = getattr(self.host, "flush_stats", None)
                 if flush is not None:
                     flush()
