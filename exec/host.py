@@ -45,6 +45,11 @@ from .totem.wire import RingId
 GROUP_A = b"a"
 GROUP_SYNC = b"sync"
 FC_OFF, FC_SYNC = 0, 2
+#: Queue use (fraction of Totem's send queue) above which every IPC connection gets flow
+#: control, and below which it is lifted again.  corosync's "critical" level is 90 %; we
+#: start earlier, where one maximum-size (1 MiB ≈ 25 % of the queue) message may no longer
+#: fit, so libcpg refuses sends with TRY_AGAIN instead of the executive dropping them.
+QUEUE_FC_ON, QUEUE_FC_OFF = 0.75, 0.6
 
 LogFn = Callable[[LogLevel, str, str], None]
 
@@ -57,6 +62,7 @@ class HostStats:
     ipc_requests: int = 0
     ipc_try_again: int = 0
     ipc_dropped: int = 0
+    queue_fc_changes: int = 0
     dropped: dict[str, int] = field(factory=dict)
 
 
@@ -99,8 +105,9 @@ class ServiceIpcHandler:
     def on_connect(self, conn: Any) -> bool:
         self.conns.append(conn)
         self.service.lib_init(conn)
-        if self.host.sync_in_process and not self.service.ipc_during_sync:
-            _set_fc(conn, FC_SYNC)
+        level = self.host._fc_level(self.service)
+        if level:
+            _set_fc(conn, level)
         return True
 
     def on_request(self, conn: Any, msg_id: int, payload: bytes) -> None:
@@ -132,6 +139,8 @@ class ServiceIpcHandler:
                                         f"{msg_id} from pid {getattr(conn, 'pid', '?')}: {exc}")
             if handler.answered:
                 conn.send_response(0, b"", CsError.ERR_INVALID_PARAM)
+        if handler.flow_control:
+            host.check_queue()
 
     def on_disconnect(self, conn: Any) -> None:
         if conn in self.conns:
@@ -143,6 +152,17 @@ def _set_fc(conn: Any, level: int) -> None:
     fn = getattr(conn, "set_flow_control", None)
     if fn is not None:
         fn(level)
+
+
+def _usage_from(send_ok: Callable[[int], bool] | None) -> Callable[[], float] | None:
+    """Queue use read through ``send_ok``'s owner when that is a TotemPg (its Srp knows
+    ``queue_space()`` and ``config.send_queue_max``) — the common wiring; else None."""
+    srp = getattr(getattr(send_ok, "__self__", None), "srp", None)
+    space = getattr(srp, "queue_space", None)
+    total = getattr(getattr(srp, "config", None), "send_queue_max", None)
+    if not callable(space) or not isinstance(total, int) or total <= 0:
+        return None
+    return lambda: 1.0 - space() / total
 
 
 def default_services() -> list[type[Service]]:
@@ -166,6 +186,7 @@ class ServiceHost:
                  on_ready: Callable[[], None] | None = None,
                  timer_add: Callable[[int, Callable[[], None]], Any] | None = None,
                  timer_del: Callable[[Any], None] | None = None,
+                 queue_usage: Callable[[], float] | None = None,
                  log_sync_completed: bool = True) -> None:
         self.nodeid = nodeid
         self.cmap = cmap
@@ -177,6 +198,9 @@ class ServiceHost:
         self._on_ready = on_ready
         self._timer_add = timer_add
         self._timer_del = timer_del
+        self._queue_usage = queue_usage if queue_usage is not None else _usage_from(send_ok)
+        #: Totem's send queue is (nearly) full: every connection is flow-controlled
+        self.queue_critical = False
         #: corosync refuses IPC connections (EAGAIN) until its first sync completed;
         #: ``on_ready`` fires once then (e.g. set every IpcServer's ``ready``)
         self.ready = False
@@ -338,6 +362,23 @@ class ServiceHost:
             pump = getattr(svc, "pump", None)
             if pump is not None:
                 pump()
+        self.check_queue()
+
+    def check_queue(self) -> None:
+        """Flow-control every IPC connection while Totem's queue is nearly full (corosync's
+        TOTEM_Q_LEVEL_CRITICAL → QB_IPCS_RATE_OFF_2), lift it when it drained; see
+        :data:`QUEUE_FC_ON`.  Runs after flow-controlled requests and every :meth:`pump`."""
+        if self._queue_usage is None:
+            return
+        try:
+            usage = float(self._queue_usage())
+        except Exception:
+            return
+        critical = usage > QUEUE_FC_ON or (self.queue_critical and usage >= QUEUE_FC_OFF)
+        if critical != self.queue_critical:
+            self.queue_critical = critical
+            self.stats.queue_fc_changes += 1
+            self._apply_fc()
 
     def exec_exit(self) -> None:
         for svc in self.services.values():
@@ -379,10 +420,18 @@ class ServiceHost:
         if self.sync_in_process == value:
             return
         self.sync_in_process = value
-        level = FC_SYNC if value else FC_OFF
+        self._apply_fc()
+
+    def _fc_level(self, svc: Service) -> int:
+        """libqb flow-control word for ``svc``'s connections (cs_ipcs_check_for_flow_control):
+        2 while the queue is critical, or while sync runs unless the service stays open."""
+        if self.queue_critical or (self.sync_in_process and not svc.ipc_during_sync):
+            return FC_SYNC
+        return FC_OFF
+
+    def _apply_fc(self) -> None:
         for handler in self.ipc_handlers.values():
-            if handler.service.ipc_during_sync:
-                continue
+            level = self._fc_level(handler.service)
             for conn in handler.conns:
                 _set_fc(conn, level)
 

@@ -293,3 +293,30 @@ def test_random_operations_keep_process_lists_identical():
     # the runs did something: processes alive at the end, deliveries, a crash
     assert all(procs > 0 and deliveries > 0 for procs, deliveries, _c in results), results
     assert any(crashed for _p, _d, crashed in results)
+
+
+def test_queue_flow_control_instead_of_drops():
+    """Big CPG messages fill Totem's queue: the host raises every connection's flow-control
+    word (clients then get TRY_AGAIN from their library) and lifts it when the queue drained;
+    a client that honours it loses nothing."""
+    c = Cluster(3)
+    c.run_until(c.settled((1, 2, 3)))
+    n1, n2 = c.nodes[1], c.nodes[2]
+    sender, receiver = n1.client(1), n2.client(2)
+    join(n1, sender, b"big")
+    join(n2, receiver, b"big")
+    c.run_until(lambda: confchgs(receiver) and len(confchgs(receiver)[-1][0]) == 2)
+    waited_on_critical = []
+    sent = 0
+    while sent < 30:
+        if sender.fc_level == 0:
+            mcast(n1, sender, bytes([sent]) * 200_000)
+            sent += 1
+        else:
+            waited_on_critical.append(n1.host.queue_critical)
+            c.run_until(lambda: sender.fc_level == 0, 10_000)
+    c.run_until(lambda: sum(e[0] == cpg.RES_DELIVER for e in receiver.events) == 30, 30_000)
+    assert [d[2][:1] for d in delivered(receiver)] == [bytes([i]) for i in range(30)]
+    assert n1.host.stats.ipc_dropped == 0 and n1.host.stats.queue_fc_changes >= 2
+    assert waited_on_critical and all(waited_on_critical)  # we did wait on a critical queue
+    assert not n1.host.queue_critical and sender.fc_level == 0 and receiver.fc_level == 0
