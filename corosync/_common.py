@@ -13,6 +13,7 @@ logic is therefore identical for both APIs and can be tested without any transpo
 from __future__ import annotations
 
 import enum
+import errno
 import logging
 import time
 from collections.abc import Generator
@@ -155,6 +156,16 @@ def _ipc_failure(exc: IpcError) -> CsError:
     return CsError(int(exc.cs_error), str(exc))
 
 
+def _refused_send(step: Step, exc: IpcError) -> Reply:
+    """A request the transport refused to *send* (ring or socket full, flow control: EAGAIN)
+    is answered CS_ERR_TRY_AGAIN, as libcorosync's send-and-receive does, so that plans can
+    retry it (libcpg retries fragments).  ``request_raw`` sends before it waits, so EAGAIN
+    always means nothing is in flight.  Any other failure is raised."""
+    if isinstance(step, Request) and exc.errno == errno.EAGAIN:
+        return Reply(-1, CsErrorCode.CS_ERR_TRY_AGAIN, b"")
+    raise _ipc_failure(exc) from None
+
+
 def run_blocking(client: IpcClient, plan: Plan[T], timeout: float | None = None) -> T:
     """Execute a call plan over a blocking :class:`IpcClient`."""
     reply: Reply | None = None
@@ -173,7 +184,7 @@ def run_blocking(client: IpcClient, plan: Plan[T], timeout: float | None = None)
                 else:
                     time.sleep(step.seconds)
             except IpcError as exc:
-                raise _ipc_failure(exc) from None
+                reply = _refused_send(step, exc)
     finally:
         plan.close()
 
@@ -198,7 +209,7 @@ async def run_async(client: AsyncIpcClient, plan: Plan[T], timeout: float | None
                 else:
                     await trio.sleep(step.seconds)
             except IpcError as exc:
-                raise _ipc_failure(exc) from None
+                reply = _refused_send(step, exc)
             except ValueError as exc:   # AsyncIpcClient surfaces a bad header as ValueError
                 raise CsError(CsErrorCode.CS_ERR_MESSAGE_ERROR, str(exc)) from None
     finally:

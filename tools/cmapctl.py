@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import select
+import signal
 import struct
 import sys
 import time
@@ -540,7 +541,15 @@ class CmapCtl:
         return 0
 
 
+def _c_signals() -> None:
+    """Like the C tool: a closed pipe (``| head``) or ^C (ending ``-t``) kills the process
+    silently instead of raising in Python."""
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def main(argv: list[str] | None = None) -> int:
+    _c_signals()
     tool = CmapCtl(sys.stdout.buffer, sys.stderr.buffer, sys.stdin.buffer,
                    connect=lambda m: Cmap.initialize(m), sleep=time.sleep)
     return tool.main(sys.argv[1:] if argv is None else argv)

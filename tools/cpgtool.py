@@ -8,6 +8,7 @@ The member table needs each node's addresses, which come from the cfg service
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Callable, Iterable
 from typing import IO, Final
@@ -229,6 +230,9 @@ def show_members(cpg: Cpg, delimiter: bytes, escape: bool, lookup: AddrLookup, o
 
 
 def main(argv: list[str] | None = None) -> int:
+    # like the C tool: a closed pipe or ^C ends the process silently, no traceback
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     return run(sys.argv[1:] if argv is None else argv, sys.stdout.buffer, sys.stderr.buffer)
 
 

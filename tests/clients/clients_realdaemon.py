@@ -1,4 +1,5 @@
-"""A real Debian corosync 3.1.7 in its own network + mount namespace, for live client tests.
+"""A real Debian corosync 3.1.7 (or our own executive) in its own network + mount namespace,
+for live client tests.
 
 The daemon hard-codes /run/corosync.pid and /var/lib/corosync and puts its IPC files in
 /dev/shm; its setup sockets are abstract, i.e. per network namespace.  So it runs under
@@ -21,6 +22,8 @@ from pathlib import Path
 import pytest
 
 REAL = "/usr/sbin/corosync"
+#: How each kind of daemon is started (same config file, same namespace treatment).
+DAEMONS = {"debian": [REAL], "ours": [sys.executable, "-m", "corosync.exec.main"]}
 DEBIAN_CMAPCTL = "/usr/sbin/corosync-cmapctl"
 DEBIAN_CPGTOOL = "/usr/sbin/corosync-cpgtool"
 
@@ -52,8 +55,8 @@ nodelist {{
 """
 
 
-def skip_reason() -> str | None:
-    if not os.path.exists(REAL):
+def skip_reason(kind: str = "debian") -> str | None:
+    if kind == "debian" and not os.path.exists(REAL):
         return f"{REAL} not installed (apt-get install corosync)"
     if os.geteuid() != 0:
         return "needs root for network and mount namespaces"
@@ -66,17 +69,20 @@ def skip_reason() -> str | None:
 class RealCorosync:
     """One daemon; :meth:`run` / :meth:`popen` execute commands inside its namespaces."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, kind: str = "debian") -> None:
         self.workdir = workdir
+        self.kind = kind
+        daemon = " ".join(DAEMONS[kind])
         conf = workdir / "corosync.conf"
         conf.write_text(CONF.format(log=workdir / "corosync.log"))
         inner = ("ip link set lo up 2>/dev/null || ifconfig lo up; "
                  "mount -t tmpfs none /run && mount -t tmpfs none /var/lib/corosync && "
-                 f"mount -t tmpfs none /dev/shm && exec {REAL} -f -c {conf}")
+                 f"mount -t tmpfs none /dev/shm && exec {daemon} -f -c {conf}")
         # no --fork: unshare and sh exec in place, so this pid is the daemon's
         self.proc = subprocess.Popen(["unshare", "-m", "-n", "sh", "-c", inner],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=open(workdir / "corosync.stderr", "wb"))
+                                     stderr=open(workdir / "corosync.stderr", "wb"),
+                                     env=self.env())
 
     @property
     def pid(self) -> int:
@@ -124,7 +130,7 @@ class RealCorosync:
             last = p.stderr.decode(errors="replace")[-500:]
             time.sleep(0.1)
         log = (self.workdir / "corosync.stderr").read_text(errors="replace")
-        pytest.fail(f"real corosync not ready: rc={self.proc.poll()} {last}\n{log}")
+        pytest.fail(f"{self.kind} corosync not ready: rc={self.proc.poll()} {last}\n{log}")
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -143,6 +149,21 @@ def real_corosync(tmp_path_factory: pytest.TempPathFactory):
         print(f"SKIP live tests against Debian corosync: {reason}")
         pytest.skip(reason)
     daemon = RealCorosync(tmp_path_factory.mktemp("realcorosync"))
+    try:
+        daemon.wait_ready(time.monotonic() + 30)
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+@pytest.fixture(scope="module", params=["debian", "ours"])
+def any_corosync(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """Debian's daemon, then our executive (corosync.exec.main) under the same conditions."""
+    reason = skip_reason(request.param)
+    if reason:
+        print(f"SKIP live tests against {request.param} corosync: {reason}")
+        pytest.skip(reason)
+    daemon = RealCorosync(tmp_path_factory.mktemp(f"{request.param}corosync"), request.param)
     try:
         daemon.wait_ready(time.monotonic() + 30)
         yield daemon

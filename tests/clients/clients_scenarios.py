@@ -131,6 +131,20 @@ async def cpg_async() -> dict[str, Any]:
     return out
 
 
+def mcast_retrying(h: Cpg, payload: bytes) -> None:
+    """What applications do with CS_ERR_TRY_AGAIN (executive flow control): handle pending
+    events, then send again."""
+    while True:
+        try:
+            h.mcast_joined(Guarantee.AGREED, payload)
+            return
+        except CsError as exc:
+            if int(exc.code) != 6:
+                raise
+            h.dispatch(DispatchFlags.ALL)
+            time.sleep(0.001)
+
+
 def cpg_peer(group_arg: str) -> None:
     """Join the group (``hex:...`` for arbitrary bytes) and stream events as JSON lines;
     stdin commands: ``send N TAG``, ``sendbig N``, ``leave``, ``membership``; EOF exits
@@ -174,19 +188,10 @@ def cpg_peer(group_arg: str) -> None:
                 cmd = line.decode().split()
                 if cmd[0] == "send":
                     for i in range(int(cmd[1])):
-                        payload = f"{cmd[2]}-{i}".encode()
-                        while True:
-                            try:
-                                h.mcast_joined(Guarantee.AGREED, payload)
-                                break
-                            except CsError as exc:
-                                if int(exc.code) != 6:
-                                    raise
-                                h.dispatch(DispatchFlags.ALL)
-                                time.sleep(0.001)
+                        mcast_retrying(h, f"{cmd[2]}-{i}".encode())
                     emit({"ev": "sent", "n": int(cmd[1])})
                 elif cmd[0] == "sendbig":
-                    h.mcast_joined(Guarantee.AGREED, bytes(range(256)) * int(cmd[1]))
+                    mcast_retrying(h, bytes(range(256)) * int(cmd[1]))
                     emit({"ev": "sent", "n": 1})
                 elif cmd[0] == "leave":
                     h.leave(group)
@@ -196,8 +201,29 @@ def cpg_peer(group_arg: str) -> None:
                                                          h.membership_get(group)]})
 
 
+def cmapctl_batch() -> list[list[Any]]:
+    """Run our corosync-cmapctl once per command of a JSON list on stdin ([argv, stdin hex])
+    in this one process (saves a Python start-up per command); returns [rc, out, err] hex."""
+    import io
+
+    from corosync.cmap import Cmap
+    from corosync.tools.cmapctl import CmapCtl
+
+    results = []
+    for argv, stdin_hex in json.loads(sys.stdin.read()):
+        out, err = io.BytesIO(), io.BytesIO()
+        tool = CmapCtl(out, err, io.BytesIO(bytes.fromhex(stdin_hex)),
+                       connect=lambda m: Cmap.initialize(m), sleep=time.sleep)
+        rc = tool.main(argv)
+        results.append([rc, out.getvalue().hex(), err.getvalue().hex()])
+    return results
+
+
 def main() -> None:
     name = sys.argv[1]
+    if name == "cmapctl_batch":
+        print(json.dumps(cmapctl_batch()))
+        return
     if name == "cpg_peer":
         cpg_peer(sys.argv[2])
         return

@@ -333,3 +333,22 @@ def test_cpg_finalize_sends_finalize_once() -> None:
     assert client.closed
     assert h.max_atomic_msgsize() == 1048576 - 1024
     assert int(h.flow_control_state_get()) == 0
+
+
+def test_cpg_fragment_refused_by_a_full_ring_is_resent() -> None:
+    """EAGAIN on *sending* a fragment (request ring full) is CS_ERR_TRY_AGAIN: retried."""
+    calls = {"n": 0}
+
+    class FullOnce(ScriptedClient):
+        def request_raw(self, message: bytes, timeout: float | None = None
+                        ) -> tuple[int, int, bytes]:
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise IpcError(errno.EAGAIN, "request ring full")
+            return super().request_raw(message, timeout)
+
+    client = FullOnce(lambda m: (18, OK, b""))
+    h = Cpg(client)  # type: ignore[arg-type]
+    h.mcast_joined(Guarantee.AGREED, bytes(MAX_ATOMIC_MSGSIZE + 10))
+    kinds = [pp.PartialMcastRequest.decode(m[24:]).type for m, _ in client.sent]
+    assert kinds == [1, 3] and calls["n"] == 3
