@@ -18,7 +18,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "clients"))
 
 from clients_realdaemon import (DEBIAN_CMAPCTL, RealCorosync,  # noqa: E402
-                                real_corosync)  # noqa: F401  (fixture)
+                                any_corosync, real_corosync)  # noqa: F401  (fixtures)
 
 from corosync.cmap import CmapValue, ValueType  # noqa: E402
 from corosync.tools import cmapctl  # noqa: E402
@@ -192,9 +192,10 @@ READS = [
 
 
 @pytest.fixture(scope="module")
-def read_results(real_corosync: RealCorosync) -> dict[tuple[str, ...], tuple]:
-    ours = ours_batch(real_corosync, [(argv, b"") for argv in READS])
-    return {tuple(argv): (real_corosync.run(*THEIRS, *argv), mine)
+def read_results(any_corosync: RealCorosync) -> dict[tuple[str, ...], tuple]:
+    """Both tools against Debian's daemon, then both against our executive."""
+    ours = ours_batch(any_corosync, [(argv, b"") for argv in READS])
+    return {tuple(argv): (any_corosync.run(*THEIRS, *argv), mine)
             for argv, mine in zip(READS, ours)}
 
 
