@@ -59,6 +59,10 @@ class DriverStats:
     confchgs: int = 0
 
 
+#: TotemConfig fields the real daemon does not publish under runtime.config.totem.*
+_NOT_PUBLISHED = frozenset({"transport_overhead", "netmtu", "token_coefficient"})
+
+
 def member_ip_string(ip: str) -> str:
     """``runtime.members.<id>.ip`` value, byte-exact with the real daemon (note the
     trailing space)."""
@@ -388,7 +392,7 @@ class Node:
         if self.cmap is None or not attrs.has(type(cfg)):
             return
         for field in attrs.fields(type(cfg)):
-            if field.name in ("transport_overhead", "netmtu"):
+            if field.name in _NOT_PUBLISHED:
                 continue
             key = f"runtime.config.totem.{field.name}"
             if key not in self.cmap:
