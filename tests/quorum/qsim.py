@@ -20,6 +20,7 @@ from corosync.exec.totem.events import (CancelTimer, ConfChg, Guarantee, Multica
                                         StartTimer, Unicast)
 from corosync.exec.totem.pg import TotemPg
 from corosync.exec.totem.srp import Srp
+from corosync.services.cfg import CfgService
 from corosync.services.quorum import QuorumService
 from corosync.services.votequorum import VotequorumService
 
@@ -77,7 +78,7 @@ class Node:
                                 trans_ack=lambda: self.pending.extend(
                                     self.pg.trans_ack(self.cluster.now)),
                                 log=lambda lvl, sub, text: self.logs.append(f"[{sub}] {text}"),
-                                services=[QuorumService, VotequorumService])
+                                services=[CfgService, QuorumService, VotequorumService])
         api = self.host.services[5].api
         api.timer_add = self._timer_add  # type: ignore[attr-defined]
         api.timer_del = self._timer_del  # type: ignore[attr-defined]
@@ -86,6 +87,10 @@ class Node:
     @property
     def vq(self) -> VotequorumService:
         return self.host.services[5]  # type: ignore[return-value]
+
+    @property
+    def cfg(self) -> CfgService:
+        return self.host.services[1]  # type: ignore[return-value]
 
     @property
     def quorum(self) -> QuorumService:
