@@ -14,7 +14,7 @@ from svc_helpers import FakeConn
 from corosync.exec.cmap import CmapStore
 from corosync.exec.host import ServiceHost
 from corosync.exec.totem.config import derive
-from corosync.exec.totem.events import (CancelTimer, ConfChg, ConfChgKind, Guarantee, Multicast,
+from corosync.exec.totem.events import (CancelTimer, ConfChg, Guarantee, Multicast,
                                         PgDeliver, StartTimer, Unicast)
 from corosync.exec.totem.pg import TotemPg
 from corosync.exec.totem.srp import Srp

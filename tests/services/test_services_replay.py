@@ -13,7 +13,7 @@ from svc_helpers import CapMsg, FakeConn, udpu_messages
 from corosync.exec.cmap import CmapStore
 from corosync.exec.host import ServiceHost
 from corosync.exec.service import REQ_HEADER
-from corosync.exec.totem.events import ConfChg, ConfChgKind, LogLevel, PgDeliver
+from corosync.exec.totem.events import ConfChg, ConfChgKind, PgDeliver
 from corosync.exec.totem.wire import RingId
 from corosync.services import cpg
 
