@@ -1,0 +1,112 @@
+"""Integration: two Debian corosync 3.1.7 nodes (udpu, network + mount namespaces) with OUR
+corosync-qdevice on both, arbitrated by our corosync-qnetd or Debian's 3.0.3 one.
+
+Checks what an operator sees: corosync-quorumtool on the Debian nodes shows the Qdevice
+vote (byte-identical to the reference run with the stock qdevice, addresses masked), our
+corosync-qdevice-tool output matches Debian's, and after SIGKILL of node 2 node 1 stays
+quorate through the qdevice vote (ffsplit).  Reuses the qnetd interop lab (namespaces,
+per-node mount namespace, stop by PID)."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "qnetd"))
+from test_qnetd_interop import Lab, _mask, _skip_reason, wait_for  # noqa: E402
+
+from corosync.tools import localcluster  # noqa: E402
+
+DEBIAN_QNETD = "/usr/bin/corosync-qnetd"
+
+
+class OurQdeviceLab(Lab):
+    def start_qdevice(self, i: int) -> None:
+        d = self.node_dir(i)
+        pid = self.procs[f"corosync{i}"].pid
+        self.popen(f"qdevice{i}", [
+            "nsenter", "-t", str(pid), "-m", "-n", sys.executable, "-m", "corosync.tools.qdevice",
+            "-f", "-d", "-S", f"lock_file={d}/qd.pid,local_socket_file={d}/qd.sock"])
+
+    def start_debian_qnetd(self) -> None:
+        d = self.tmp / "qnetd"
+        d.mkdir(exist_ok=True)
+        ns = localcluster.ns_name(self.state, 3)
+        self.popen("qnetd", ["ip", "netns", "exec", ns, DEBIAN_QNETD, "-f", "-d", "-s", "off",
+                             "-S", f"lock_file={d}/q.pid,local_socket_file={d}/q.sock"])
+        wait_for(lambda: (d / "q.sock").exists(), 20, "Debian qnetd IPC socket")
+
+    def qdevice_tool(self, i: int, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "corosync.tools.qdevice_tool", "-p",
+                               str(self.node_dir(i) / "qd.sock"), *args],
+                              capture_output=True, timeout=20)
+
+
+@pytest.fixture
+def lab(tmp_path):
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    lab = OurQdeviceLab(tmp_path)
+    try:
+        localcluster.netns_up(lab.state)
+    except localcluster.LocalClusterError as exc:
+        localcluster.netns_down(lab.state)
+        pytest.skip(f"cannot build network namespaces: {exc}")
+    try:
+        yield lab
+    finally:
+        for name in [n for n in lab.procs if n.startswith("qdevice")] + \
+                    [n for n in lab.procs if not n.startswith("qdevice")]:
+            lab.stop(name)
+        localcluster.netns_down(lab.state)
+
+
+def _host(text: str) -> str:
+    return re.sub(r"QNetd host:\t\t\S+", "QNetd host:\t\tX", text)
+
+
+@pytest.mark.parametrize("server", ["ours", "debian"])
+def test_our_qdevices_keep_node1_quorate_after_node2_killed(lab, shared_dir, server):
+    if server == "ours":
+        lab.start_qnetd("-s", "off")
+    else:
+        import os
+        if not os.path.exists(DEBIAN_QNETD):
+            pytest.skip("Debian corosync-qnetd not installed")
+        lab.start_debian_qnetd()
+    for i in (1, 2):
+        lab.start_corosync(i, "off")
+    for i in (1, 2):
+        wait_for(lambda i=i: "Nodes:            2" in lab.quorum(i), 30,
+                 lambda i=i: f"corosync n{i}: {lab.quorum(i)} {lab.output(f'corosync{i}')}")
+    for i in (1, 2):
+        lab.start_qdevice(i)
+    wait_for(lambda: "Total votes:      3" in lab.quorum(1) and "Total votes:      3" in lab.quorum(2),
+             30, lambda: f"{lab.quorum(1)}\n{lab.output('qdevice1')}\n{lab.output('qnetd')}")
+    ref = shared_dir / "reference/qdevice"
+    strip = lambda t: _mask(t).replace("Node ID:          1", "")  # noqa: E731
+    running = strip((ref / "running-quorumtool-s.txt").read_text())
+    wait_for(lambda: strip(lab.quorum(1)) == running, 30, lambda: lab.quorum(1))
+    r = lab.qdevice_tool(1, "-s")
+    assert r.returncode == 0, r.stderr
+    assert _host(r.stdout.decode()) == _host((ref / "running-qdevice-tool-s.txt").read_text())
+    # node 2 dies (corosync and its qdevice): node 1 keeps 1 + 1 (qdevice) of 3 votes
+    lab.stop("qdevice2", signal.SIGKILL)
+    lab.stop("corosync2", signal.SIGKILL)
+    after = _mask((ref / "after-kill-quorumtool-s.txt").read_text())
+    wait_for(lambda: _mask(lab.quorum(1)) == after, 30,
+             lambda: lab.quorum(1) + lab.output("qdevice1"))
+    want = _host((ref / "after-kill-qdevice-tool-s.txt").read_text())
+    wait_for(lambda: _host(lab.qdevice_tool(1, "-s").stdout.decode()) == want, 15,
+             lambda: lab.qdevice_tool(1, "-s").stdout.decode())
+    # clean stop through the tool: the daemon exits 0 and unregisters from votequorum
+    r = lab.qdevice_tool(1, "-H")
+    assert r.returncode == 0, r.stderr
+    assert lab.procs["qdevice1"].wait(15) == 0, lab.output("qdevice1")
+    wait_for(lambda: "Qdevice" not in lab.quorum(1), 15, lambda: lab.quorum(1))
