@@ -582,3 +582,52 @@ def test_node_killed_mid_stream_gives_nodedown_and_loses_nothing(tmp_path, clien
             assert c[n_].alive()
     finally:
         c.stop_all()
+
+
+def test_sigterm_disconnects_clients_cleans_up_and_leaves(tmp_path, clients):
+    nodes = [(i, f"127.0.0.{i}") for i in (1, 2)]
+    c = Cluster(tmp_path, nodes, pick_port([ip for _, ip in nodes]))
+    c.start()
+    try:
+        c.wait_members([1, 2], timeout=20)
+        a, b = clients(c[1], "bye"), clients(c[2], "bye")
+        for cl in (a, b):
+            cl.wait(lambda cl=cl: cl.members() is not None and len(cl.members()) == 2, "2")
+        pid2 = c[2].pid
+        shm = [e for e in os.listdir("/dev/shm") if e.startswith(f"qb-{pid2}-")]
+        assert shm, "an SHM client should have a connection directory"
+        assert (c[2].ipc_dir / "cpg").exists()
+        assert c[2].stop() == 0
+        b.wait(lambda: any("gone" in x for x in b.lines), "client told the server is gone")
+        # node 2's process is gone for node 1: PROCDOWN if its PROCLEAVE made it out before
+        # the LEAVE, NODEDOWN otherwise (both are what corosync can report)
+        a.wait(lambda: a.confchgs()[-1][1] in ([[2, b.pid, 5]], [[2, b.pid, 3]]),
+               "node 2's process left")
+        assert not [e for e in os.listdir("/dev/shm") if e.startswith(f"qb-{pid2}-")]
+        assert not (c[2].ipc_dir / "cpg").exists() and not (c[2].ipc_dir / "cmap").exists()
+        c.wait_members([1], ids=[1])
+        assert "Failed to receive the leave message" not in c[1].log()
+        assert "Corosync Cluster Engine exiting normally" in c[2].log()
+    finally:
+        c.stop_all()
+
+
+def test_ipc_accept_policy_follows_cmap_uidgid():
+    from corosync.exec.cmap import CmapStore, CmapType
+    from corosync.exec.main import uidgid_auth
+
+    store = CmapStore()
+    allowed = uidgid_auth(store)
+    me = os.geteuid()
+    other = 4242 if me != 4242 else 4343
+    assert allowed(1, 0, other) and allowed(1, other, 0) and allowed(1, me, other)
+    assert not allowed(1, other, other)
+    store.set(f"uidgid.uid.{other}", 1, CmapType.UINT8)       # as pacemakerd does
+    assert allowed(1, other, other)
+    store.set(f"uidgid.uid.{other}", 1, CmapType.UINT32)      # must be u8 1
+    assert not allowed(1, other, other)
+    store.delete(f"uidgid.uid.{other}")
+    store.set(f"uidgid.config.gid.{other}", 1, CmapType.UINT8)  # from uidgid { gid: }
+    assert allowed(1, 12345, other) and not allowed(1, other, 12345)
+    store.set(f"uidgid.config.gid.{other}", 0, CmapType.UINT8)
+    assert not allowed(1, 12345, other)
