@@ -15,7 +15,7 @@ from typing import IO, Final
 
 from corosync._common import CsError, CsErrorCode, GetoptError, gnu_getopt
 from corosync.cpg import Cpg, IterationDescription, IterationType
-from corosync.lib.ipc import IpcClient, IpcError, pack_request
+from corosync.lib.ipc import IpcClient, IpcError
 from corosync.lib.proto.cfg import GetNodeAddrsRequest, GetNodeAddrsResponse
 from corosync.lib.proto.common import ProtoError
 

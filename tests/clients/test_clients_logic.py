@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from corosync._common import (CsError, CsErrorCode, DispatchFlags, Pause, Reply, Request,
-                              SendOnly, cs_strerror, gnu_getopt, GetoptError, run_blocking)
+                              cs_strerror, gnu_getopt, GetoptError, run_blocking)
 from corosync.cmap import Cmap, CmapValue, TrackType, ValueType
 from corosync.cpg import Cpg, DeliverEvent, Guarantee, MAX_ATOMIC_MSGSIZE
 from corosync.lib.ipc import IpcError, unpack_request_header
