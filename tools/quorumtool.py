@@ -371,8 +371,11 @@ class Tool:
             self.quorum.trackstop()
         except CsError:
             self.err.write("Unable to stop quorum status tracking: success\n")
-        if self.using_votequorum():
-            assert self.vq is not None
+        if self.using_votequorum():  # -1 ("no provider") is true here, as in the C tool
+            if self.vq is None:
+                self.err.write("Unable to start votequorum status tracking: "
+                               "CS_ERR_BAD_HANDLE\n")
+                return 1
             try:
                 self.vq.trackstart(0, TrackFlags.CURRENT)
             except CsError as exc:
