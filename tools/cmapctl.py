@@ -7,6 +7,7 @@ formatting can be checked against the reference outputs without a daemon.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import select
@@ -110,7 +111,10 @@ def format_value(value: CmapValue) -> str:
     """The value part of a line: ``%d``/``%u`` for integers, ``%f`` for FLOAT and DOUBLE,
     the text for STRING (C's ``%s`` stops at a NUL)."""
     if value.type in (ValueType.FLOAT, ValueType.DOUBLE):
-        return "%f" % value.value
+        number = float(value.value)  # type: ignore[arg-type]
+        if math.isnan(number):       # glibc prints the sign of a NaN, Python does not
+            return "-nan" if math.copysign(1.0, number) < 0 else "nan"
+        return "%f" % number
     if value.type is ValueType.STRING:
         return str(value.value).split("\0", 1)[0]
     if value.type is ValueType.BINARY:
@@ -188,6 +192,17 @@ _RANGES: Final = {
     ValueType.INT32: (-(1 << 31), (1 << 31) - 1), ValueType.UINT8: (0, 0xFF),
     ValueType.UINT16: (0, 0xFFFF), ValueType.UINT32: (0, 0xFFFFFFFF),
 }
+
+
+def _fgets_chunks(f: IO[bytes], size: int = 1024) -> Iterator[bytes]:
+    """What ``fgets(buf, 1024, f)`` returns: lines, with lines of 1024 bytes or more cut into
+    1023-byte pieces that the C tool then handles as lines of their own."""
+    for line in f:
+        while len(line) > size - 1:
+            yield line[:size - 1]
+            line = line[size - 1:]
+        if line:
+            yield line
 
 
 class ToolExit(Exception):
@@ -351,7 +366,7 @@ class CmapCtl:
             self.error(f"Couldn't open file.: {os.strerror(exc.errno or 0)}\n")
             return
         with f:
-            for raw in f:
+            for raw in _fgets_chunks(f):
                 line = raw.decode("utf-8", "surrogateescape")
                 body = line.lstrip(" \t")
                 if body.startswith(("#", "\n")):

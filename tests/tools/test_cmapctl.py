@@ -71,6 +71,19 @@ def test_value_formats(vtype: ValueType, value, line: str) -> None:
     assert cmapctl.format_key("k", vtype, CmapValue(vtype, value)) == line
 
 
+def test_nan_and_infinity_like_glibc() -> None:
+    nan = float("nan")
+    assert cmapctl.format_value(CmapValue(ValueType.DOUBLE, nan)) == "nan"
+    assert cmapctl.format_value(CmapValue(ValueType.DOUBLE, -nan)) == "-nan"
+    assert cmapctl.format_value(CmapValue(ValueType.FLOAT, float("-inf"))) == "-inf"
+
+
+def test_settings_file_lines_are_read_like_fgets() -> None:
+    data = io.BytesIO(b"short\n" + b"k" * 1030 + b" u8 1\nlast")
+    chunks = list(cmapctl._fgets_chunks(data))
+    assert chunks == [b"short\n", b"k" * 1023, b"k" * 7 + b" u8 1\n", b"last"]
+
+
 def test_binary_and_quiet_formats() -> None:
     blob = CmapValue(ValueType.BINARY, b"A\\\x00\x7f\x80\xff ")
     assert cmapctl.format_key("k", ValueType.BINARY, blob) == "k (bin)\n"
@@ -223,7 +236,7 @@ def test_stats_map_has_the_same_keys(real_corosync: RealCorosync) -> None:
 SETS = [("u8", "200"), ("i8", "-5"), ("u16", "65535"), ("i16", "-32768"), ("u32", "7abc"),
         ("i32", " -70000"), ("u64", "-1"), ("i64", "-9223372036854775808"), ("flt", "1.25"),
         ("flt", "1e50"), ("dbl", "3.5e-3"), ("dbl", "-0"), ("str", "hello world"),
-        ("str", "tab\there")]
+        ("str", "tab\there"), ("dbl", "-nan"), ("flt", "nan"), ("dbl", "-inf")]
 
 
 def test_writes_match_debian(real_corosync: RealCorosync, tmp_path: Path) -> None:
@@ -236,12 +249,17 @@ def test_writes_match_debian(real_corosync: RealCorosync, tmp_path: Path) -> Non
         settings.write_text(f"# comment\n  \n{prefix}.p.a u32 5\n{prefix}.p.b str word more\n"
                             f"{prefix}.p.c u8 1\n^{prefix}.p.c\n^{prefix}.nothere\n"
                             f"{prefix}.p.del.x u8 1\n{prefix}.p.del.y u8 2\n^^{prefix}.p.del.\n")
-        cmds = [(["-s", f"{prefix}.k{i:02d}", tag, value], b"")
+        long_line = tmp_path / f"{prefix}.long"       # fgets cuts it at 1023 bytes
+        long_line.write_text(f"{prefix}.p.long{'x' * 1100} u8 1\n")
+        # "--": getopt would take a negative value for options (tested as an error case)
+        cmds = [(["-s", "--", f"{prefix}.k{i:02d}", tag, value], b"")
                 for i, (tag, value) in enumerate(SETS)]
+        cmds.append((["-s", f"{prefix}.negative", "i8", "-5"], b""))
         return cmds + [(["-s", f"{prefix}.bin", "bin", str(blob)], b""),
                        (["-s", f"{prefix}.stdin", "bin", "-"], b"\x00from stdin"),
-                       (["-p", str(settings)], b""), (["-d", f"{prefix}.k00"], b""),
-                       (["-D", f"{prefix}.k1"], b"")]
+                       (["-p", str(settings)], b""), (["-p", str(long_line)], b""),
+                       (["-d", f"{prefix}.k00"], b""),
+                       (["-D", f"{prefix}.k12"], b"")]
 
     deb_results = [(p.returncode, p.stderr) for p in
                    (real_corosync.run(*THEIRS, *argv, input=stdin)
@@ -250,7 +268,7 @@ def test_writes_match_debian(real_corosync: RealCorosync, tmp_path: Path) -> Non
     assert [(rc, err.replace(b"our.", b"deb.")) for rc, err in our_results] == deb_results
     deb = real_corosync.run(DEBIAN_CMAPCTL, "-b", "deb.")
     our = real_corosync.run(DEBIAN_CMAPCTL, "-b", "our.")
-    assert deb.returncode == 0 and deb.stdout.count(b"\n") == 9
+    assert deb.returncode == 0 and deb.stdout.count(b"\n") == 19
     assert our.stdout.replace(b"our.", b"deb.") == deb.stdout
     # and reading them back with both tools gives the same bytes
     theirs, ours = both(real_corosync, "-b", "our.")
