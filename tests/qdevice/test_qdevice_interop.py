@@ -9,6 +9,7 @@ per-node mount namespace, stop by PID)."""
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -26,6 +27,14 @@ DEBIAN_QNETD = "/usr/bin/corosync-qnetd"
 
 
 class OurQdeviceLab(Lab):
+    def start_corosync(self, i: int, tls: str) -> None:
+        """The qnetd lab's node, with quorum.device.timeout 2000 ms (heartbeat 1600 ms) so
+        that a lost qnetd is noticed within seconds."""
+        super().start_corosync(i, tls)
+        conf = self.node_dir(i) / "corosync.conf"
+        conf.write_text(conf.read_text().replace("        votes: 1\n",
+                                                 "        votes: 1\n        timeout: 2000\n"))
+
     def start_qdevice(self, i: int) -> None:
         d = self.node_dir(i)
         pid = self.procs[f"corosync{i}"].pid
@@ -76,7 +85,6 @@ def test_our_qdevices_keep_node1_quorate_after_node2_killed(lab, shared_dir, ser
     if server == "ours":
         lab.start_qnetd("-s", "off")
     else:
-        import os
         if not os.path.exists(DEBIAN_QNETD):
             pytest.skip("Debian corosync-qnetd not installed")
         lab.start_debian_qnetd()
@@ -96,6 +104,20 @@ def test_our_qdevices_keep_node1_quorate_after_node2_killed(lab, shared_dir, ser
     r = lab.qdevice_tool(1, "-s")
     assert r.returncode == 0, r.stderr
     assert _host(r.stdout.decode()) == _host((ref / "running-qdevice-tool-s.txt").read_text())
+    # qnetd stops answering (SIGSTOP, as in the reference run): the echo reply is missed, the
+    # qdevices disconnect and vote NACK ("A,NV,NMW"), the cluster keeps quorum with 2 of 3
+    dpd = ref / "qnetd" / "heartbeat-dpd"
+    stopped = _mask((dpd / "qnetd-stopped-quorumtool-s.txt").read_text())
+    os.kill(lab.procs["qnetd"].pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: _mask(lab.quorum(1)) == stopped, 30,
+                 lambda: lab.quorum(1) + lab.output("qdevice1"))
+        want = _host((dpd / "qnetd-stopped-qdevice-tool-s.txt").read_text())
+        wait_for(lambda: _host(lab.qdevice_tool(1, "-s").stdout.decode()) == want, 15,
+                 lambda: lab.qdevice_tool(1, "-s").stdout.decode())
+    finally:
+        os.kill(lab.procs["qnetd"].pid, signal.SIGCONT)
+    wait_for(lambda: strip(lab.quorum(1)) == running, 30, lambda: lab.quorum(1))
     # node 2 dies (corosync and its qdevice): node 1 keeps 1 + 1 (qdevice) of 3 votes
     lab.stop("qdevice2", signal.SIGKILL)
     lab.stop("corosync2", signal.SIGKILL)
