@@ -317,9 +317,10 @@ def test_debian_tools_against_ours_and_real(lab, ipc_type):
 
 # ----------------------------------------------------------------------- (c) mixed ring
 
-def test_mixed_ring_cpg_order_and_views_with_kill(lab):
-    for i, ours in ((1, False), (2, True), (3, False)):
-        lab.start(i, ours)
+@pytest.mark.parametrize("our_id", [2, 1], ids=["ours-middle", "ours-representative"])
+def test_mixed_ring_cpg_order_and_views_with_kill(lab, our_id):
+    for i in (1, 2, 3):
+        lab.start(i, i == our_id)
     wait_for(lambda: lab.synced((1, 2, 3)), 40, lambda: {i: lab.text(i)[-1500:] for i in (1, 2, 3)})
     cs = {i: lab.client(i, "mixed") for i in (1, 2, 3)}
     for c in cs.values():
@@ -353,3 +354,53 @@ def test_mixed_ring_cpg_order_and_views_with_kill(lab):
         assert lab.procs[i].poll() is None, f"n{i} exited: {lab.text(i)[-2000:]}"
         assert "Completed service synchronization" in lab.text(i)
     assert "exiting" not in lab.text(2).lower()
+
+
+LIBCPG_CLIENT = Path(__file__).resolve().parents[2] / "bench" / "cpgbench.py"
+
+
+def test_debian_libcpg_clients_through_our_daemon(lab):
+    """Debian's libcpg (ctypes, bench/cpgbench.py's client) on every node of a mixed ring,
+    ours in the middle: each client joins, sees three members, and 300 messages sent from
+    the client on *our* node reach the libcpg clients on the real nodes (and back)."""
+    if not LIBCPG_CLIENT.exists():
+        pytest.skip("bench/cpgbench.py missing")
+    for i in (1, 2, 3):
+        lab.start(i, i == 2)
+    wait_for(lambda: lab.synced((1, 2, 3)), 40, lambda: {i: lab.text(i)[-1500:] for i in (1, 2, 3)})
+    procs = {}
+    for i in (1, 2, 3):
+        procs[i] = subprocess.Popen([*lab.enter(i), sys.executable, str(LIBCPG_CLIENT), "client"],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True, env=lab.env)
+    try:
+        def answer(i: int) -> dict:
+            line = procs[i].stdout.readline()
+            assert line, f"libcpg client at n{i} died: {procs[i].stderr.read()[-2000:]}"
+            return json.loads(line)
+
+        for i in (1, 2, 3):
+            assert "ready" in answer(i)  # joined, confchg with 3 members seen
+        for i in (1, 3):
+            procs[i].stdin.write("expect 300\n")
+            procs[i].stdin.flush()
+        procs[2].stdin.write("send 300 1000\n")
+        procs[2].stdin.flush()
+        assert "self_done" in answer(2)
+        for i in (1, 3):
+            assert "last" in answer(i)
+        # and the other way: a real node's libcpg client to ours
+        procs[2].stdin.write("expect 100\n")
+        procs[2].stdin.flush()
+        procs[3].stdin.write("expect 100\n")
+        procs[3].stdin.flush()
+        procs[1].stdin.write("send 100 64000\n")
+        procs[1].stdin.flush()
+        assert "self_done" in answer(1)
+        assert "last" in answer(2) and "last" in answer(3)
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait(5)
+    assert lab.procs[2].poll() is None, lab.text(2)[-2000:]
