@@ -23,7 +23,10 @@ import pytest
 
 REAL = "/usr/sbin/corosync"
 #: How each kind of daemon is started (same config file, same namespace treatment).
-DAEMONS = {"debian": [REAL], "ours": [sys.executable, "-m", "corosync.exec.main"]}
+DAEMONS = {"debian": [REAL], "debian-socket": [REAL],
+           "ours": [sys.executable, "-m", "corosync.exec.main"]}
+#: Debian's daemon serves SHM by default; this kind makes it serve the SOCKET transport.
+SOCKET_SECTION = "system {\n    qb_ipc_type: socket\n}\n"
 DEBIAN_CMAPCTL = "/usr/sbin/corosync-cmapctl"
 DEBIAN_CPGTOOL = "/usr/sbin/corosync-cpgtool"
 
@@ -56,7 +59,7 @@ nodelist {{
 
 
 def skip_reason(kind: str = "debian") -> str | None:
-    if kind == "debian" and not os.path.exists(REAL):
+    if kind.startswith("debian") and not os.path.exists(REAL):
         return f"{REAL} not installed (apt-get install corosync)"
     if os.geteuid() != 0:
         return "needs root for network and mount namespaces"
@@ -74,7 +77,8 @@ class RealCorosync:
         self.kind = kind
         daemon = " ".join(DAEMONS[kind])
         conf = workdir / "corosync.conf"
-        conf.write_text(CONF.format(log=workdir / "corosync.log"))
+        conf.write_text(CONF.format(log=workdir / "corosync.log")
+                        + (SOCKET_SECTION if kind.endswith("-socket") else ""))
         inner = ("ip link set lo up 2>/dev/null || ifconfig lo up; "
                  "mount -t tmpfs none /run && mount -t tmpfs none /var/lib/corosync && "
                  f"mount -t tmpfs none /dev/shm && exec {daemon} -f -c {conf}")
@@ -156,16 +160,27 @@ def real_corosync(tmp_path_factory: pytest.TempPathFactory):
         daemon.stop()
 
 
-@pytest.fixture(scope="module", params=["debian", "ours"])
-def any_corosync(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
-    """Debian's daemon, then our executive (corosync.exec.main) under the same conditions."""
-    reason = skip_reason(request.param)
-    if reason:
-        print(f"SKIP live tests against {request.param} corosync: {reason}")
-        pytest.skip(reason)
-    daemon = RealCorosync(tmp_path_factory.mktemp(f"{request.param}corosync"), request.param)
-    try:
-        daemon.wait_ready(time.monotonic() + 30)
-        yield daemon
-    finally:
-        daemon.stop()
+def daemon_fixture(*kinds: str):  # type: ignore[no-untyped-def]
+    """A module-scoped fixture running each test once per daemon kind (assign it to a name in
+    the test module)."""
+
+    @pytest.fixture(scope="module", params=list(kinds))
+    def fixture(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+        reason = skip_reason(request.param)
+        if reason:
+            print(f"SKIP live tests against {request.param} corosync: {reason}")
+            pytest.skip(reason)
+        daemon = RealCorosync(tmp_path_factory.mktemp(f"{request.param}corosync"),
+                              request.param)
+        try:
+            daemon.wait_ready(time.monotonic() + 30)
+            yield daemon
+        finally:
+            daemon.stop()
+
+    return fixture
+
+
+#: Debian's daemon (SHM, its default), Debian's daemon serving SOCKET IPC, then our executive
+#: (corosync.exec.main) under the same conditions.
+any_corosync = daemon_fixture("debian", "debian-socket", "ours")

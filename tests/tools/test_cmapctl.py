@@ -17,7 +17,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "clients"))
 
 from clients_realdaemon import (DEBIAN_CMAPCTL, RealCorosync,  # noqa: E402
-                                any_corosync, real_corosync)  # noqa: F401  (fixtures)
+                                daemon_fixture, real_corosync)  # noqa: F401  (fixture)
 
 from corosync.cmap import CmapValue, ValueType  # noqa: E402
 from corosync.tools import cmapctl  # noqa: E402
@@ -203,11 +203,14 @@ READS = [
 ]
 
 
+debian_or_ours = daemon_fixture("debian", "ours")
+
+
 @pytest.fixture(scope="module")
-def read_results(any_corosync: RealCorosync) -> dict[tuple[str, ...], tuple]:
+def read_results(debian_or_ours: RealCorosync) -> dict[tuple[str, ...], tuple]:
     """Both tools against Debian's daemon, then both against our executive."""
-    ours = ours_batch(any_corosync, [(argv, b"") for argv in READS])
-    return {tuple(argv): (any_corosync.run(*THEIRS, *argv), mine)
+    ours = ours_batch(debian_or_ours, [(argv, b"") for argv in READS])
+    return {tuple(argv): (debian_or_ours.run(*THEIRS, *argv), mine)
             for argv, mine in zip(READS, ours)}
 
 
