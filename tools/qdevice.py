@@ -126,6 +126,14 @@ def setup_logging(opts: Options) -> logging.Logger:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Formatter())
     log.addHandler(handler)
+    if not opts.foreground and os.path.exists("/dev/log"):
+        # detached: stderr goes to /dev/null, so log to syslog (ident corosync-qdevice)
+        from logging.handlers import SysLogHandler
+
+        sys_handler = SysLogHandler(address="/dev/log", facility=SysLogHandler.LOG_DAEMON)
+        sys_handler.setFormatter(logging.Formatter("corosync-qdevice: %(message)s"))
+        sys_handler.setLevel(logging.DEBUG if opts.debug >= 2 else logging.INFO)
+        log.addHandler(sys_handler)
     return log
 
 
@@ -185,6 +193,12 @@ async def _serve(opts: Options, log: logging.Logger) -> int:
         tls = None
         if cfg.tls:
             db = s["net_nss_db_dir"]
+            if not os.path.isdir(db):
+                # the stock daemon cannot open its NSS database and exits at start-up
+                log.error("Can't open certificate directory %s (quorum.device.net.tls is %s); "
+                          "use corosync-qdevice-net-certutil -i", db,
+                          "required" if cfg.tls == 2 else "on")
+                return 1
             tls = lambda: client_context(db)  # noqa: E731
         core = C.QdeviceNet(cfg)
         driver = QdeviceDriver(core, _NamedVq(), tls_context=tls, qnetd_cn=s["net_nss_qnetd_cn"],
