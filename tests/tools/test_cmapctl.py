@@ -199,7 +199,7 @@ READS = [
     ["-s", "k.x", "u8", "256"], ["-s", "k.x", "i8", "-129"], ["-s", "k.x", "dbl", "abc"],
     ["-s", "totem.cluster_name", "str", "x"], ["-d", "no.such.key"],
     ["-d", "runtime.config.totem.token"], ["-p", "/nonexistent/file"],
-    ["-m", "stats", "-g", "stats.srp.orf_token_tx", "-q"],
+    ["-m", "stats", "-g", "stats.srp.orf_token_tx", "-q"], ["-C", "all"],
 ]
 
 
