@@ -154,3 +154,66 @@ async def test_tls_refused_without_ca_gives_up_cleanly(tmp_path):
         assert d.exit_code == 1 and "TLS" in (d.exit_reason or "")
     finally:
         assert qn.stop() == 0
+
+
+STOCK_QNETD = "/usr/bin/corosync-qnetd"
+STOCK_QNETD_CERTUTIL = "/usr/bin/corosync-qnetd-certutil"
+
+
+@pytest.mark.skipif(not (os.path.exists(STOCK_QNETD) and os.path.exists(STOCK_QNETD_CERTUTIL)
+                         and os.geteuid() == 0 and shutil.which("unshare")),
+                    reason="needs Debian's corosync-qnetd + certutil, root and unshare")
+async def test_our_qdevice_tls_against_debian_qnetd(tmp_path):
+    """Stock CA and server certificate (NSS), our node flow (-i on the stock CA export, DER
+    request signed by the stock qnetd certutil, -M), our qdevice over TLS 1.3 with the
+    client certificate against Debian's qnetd -s req -c on (private /etc/corosync)."""
+    from qnetd_client import free_port
+
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "qnetd").mkdir()
+    bind = f"mount --bind {etc} /etc/corosync"
+    r = subprocess.run(["unshare", "-m", "sh", "-c", f"{bind} && {STOCK_QNETD_CERTUTIL} -i"],
+                       capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    nssdb = etc / "qnetd" / "nssdb"
+    node = tmp_path / "node"
+    r = run("qdevice_net_certutil", "-i", "-c", str(nssdb / "qnetd-cacert.crt"), "-d", str(node))
+    assert r.returncode == 0, r.stderr
+    r = run("qdevice_net_certutil", "-r", "-n", "lab", "-d", str(node))
+    assert r.returncode == 0, r.stderr
+    shutil.copy(node / CRQ_FILE, etc / "node.crq")
+    r = subprocess.run(["unshare", "-m", "sh", "-c",
+                        f"{bind} && {STOCK_QNETD_CERTUTIL} -s -c /etc/corosync/node.crq -n lab"],
+                       capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = run("qdevice_net_certutil", "-M", "-c", str(nssdb / "cluster-lab.crt"), "-d", str(node))
+    assert r.returncode == 0, r.stderr
+    port = free_port()
+    sock = tmp_path / "q.sock"
+    log = open(tmp_path / "qnetd.log", "wb")
+    proc = subprocess.Popen(["unshare", "-m", "sh", "-c",
+                             f"{bind} && exec {STOCK_QNETD} -f -d -s req -c on -4 -p {port} "
+                             f"-S lock_file={tmp_path}/q.pid,local_socket_file={sock}"],
+                            stdout=log, stderr=log)
+    try:
+        await wait_until(lambda: sock.exists() or proc.poll() is not None, 20, "stock qnetd")
+        assert proc.poll() is None, (tmp_path / "qnetd.log").read_text()
+        cfg = C.QdeviceConfig(cluster_name=b"lab", node_id=1, host="127.0.0.1", port=port,
+                              tls=1, timeout_ms=2000, config_nodes=(P.NodeInfo(1),))
+        vq = FakeVotequorum()
+        d = QdeviceDriver(C.QdeviceNet(cfg), vq, tls_context=lambda: client_context(str(node)))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(d.run)
+            vq.membership(P.RingId(1, 3), (1,))
+            await wait_until(lambda: vq.last_vote() is True, 15,
+                             "ACK over TLS from Debian's qnetd")
+            assert d.core.tls_active and d.core.tls_cert_sent
+            listing = subprocess.run(["/usr/bin/corosync-qnetd-tool", "-l", "-v", "-p", str(sock)],
+                                     capture_output=True, timeout=20).stdout
+            assert b"TLS active:\t\tYes (client certificate verified)\n" in listing, listing
+            d.stop()
+    finally:
+        proc.terminate()  # the pid is the qnetd itself (sh exec)
+        proc.wait(15)
+        log.close()
