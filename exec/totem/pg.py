@@ -24,11 +24,33 @@ Receiver
     state exist: one used while waiting for ``trans_ack`` (sync running) and one for normal
     operation, so a fragmented message interrupted by a configuration change can still be
     completed after sync while the sync messages themselves reassemble separately.
+
+Messages never straddle a membership change with joiners (our fix; corosync loses them)
+    corosync's receivers keep a sender's partial message across ring changes.  A node that
+    joins in between never saw its first packets and throws the rest away, while old
+    members complete it: the joiner misses a message the others deliver in the same
+    configuration (a virtual-synchrony violation the simulator finds).  At each REGULAR
+    change TotemPg therefore rewrites its own unsent stream, which Srp holds back until
+    ``trans_ack``:
+
+    * the packing buffer always moves into the held queue, so the sync phase starts its
+      own continuation chain at 0 (otherwise its first packet would carry the old chain's
+      fragment id and be thrown away by receivers, hanging sync);
+    * if some member joined and our own last message was only partly delivered in the old
+      ring, the held packets are discarded and replaced by one *abort* packet
+      (``fragmented 0``, a ``continuation`` that matches neither our last fragment id nor
+      a fresh receiver's 0, one dummy piece) followed by all our undelivered messages
+      packed afresh.  Under the real nodes' own rules (§4.3) the abort makes every
+      receiver, old member or joiner, drop its partial state for us and deliver nothing
+      from it; the messages are then delivered once, by every member, in the new ring.
+      Real receivers log one "fragmented continuation" line; nothing changes on the wire.
+    For this TotemPg remembers its own messages until it delivers them to itself.
 """
 
 from __future__ import annotations
 
 import struct
+from collections import deque
 from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
 from attrs import define, field
@@ -78,6 +100,7 @@ class SrpLike(Protocol):
     """What TotemPg needs from :class:`corosync.exec.totem.srp.Srp`."""
 
     config: TotemConfig
+    nodeid: int
     token_received_hook: Callable[[], None] | None
 
     def start(self, now: int) -> list[Action]: ...
@@ -87,6 +110,8 @@ class SrpLike(Protocol):
     def queue_space(self) -> int: ...
     def trans_ack(self, now: int) -> list[Action]: ...
     def leave(self, now: int) -> list[Action]: ...
+    def take_held(self) -> list[tuple[bytes, int]]: ...
+    def hold(self, packets: list[tuple[bytes, int]]) -> None: ...
 
 
 @define(slots=True)
@@ -107,6 +132,7 @@ class PgStats:
     bytes_rx: int = 0  # their bytes, group header included
     reassembled: int = 0  # delivered messages that spanned more than one packet
     throw_away_entered: int = 0  # broken continuations (real nodes' throw-away mode)
+    straddle_aborts: int = 0  # own partial messages aborted and re-sent at a change
     dropped: dict[str, int] = field(factory=dict)
 
 
@@ -146,6 +172,15 @@ class TotemPg:
         # Actions returned by Srp.send() calls made from inside the token hook; merged
         # into the result of the TotemPg call whose Srp call ran the hook.
         self._pending: list[Action] = []
+        #: While not None, packets go here instead of to Srp.send (held-queue rewrite).
+        self._collect: list[tuple[bytes, int]] | None = None
+        # Our own messages (group header + payload, guarantee) not yet delivered back to
+        # us, per phase: submitted while waiting for trans_ack, or in normal operation.
+        self._me = getattr(srp, "nodeid", None)
+        self._unacked_normal: deque[tuple[bytes, int]] = deque()
+        self._unacked_trans: deque[tuple[bytes, int]] = deque()
+        #: ``left`` of the last TRANSITIONAL change, purged again at the REGULAR one
+        self._left: tuple[int, ...] = ()
         self._hdr_cache: dict[bytes, bytes] = {}
         # Reassembly, per sender nodeid; two sets as in corosync (see module docstring).
         self._asm_normal: dict[int, _Assembly] = {}
@@ -173,6 +208,10 @@ class TotemPg:
     def trans_ack(self, now: int) -> list[Action]:
         """Sync finished: reassemble with the normal per-sender state again (§3.9)."""
         self._waiting_trans_ack = False
+        if self._unacked_trans:
+            # Srp sends what is left of the transitional queue before the held one.
+            self._unacked_trans.extend(self._unacked_normal)
+            self._unacked_normal, self._unacked_trans = self._unacked_trans, deque()
         self._now = now
         return self._process(self.srp.trans_ack(now), now)
 
@@ -247,7 +286,10 @@ class TotemPg:
         if (size + self._buf_size < self._packet_max - 2 * len(buf) - 4
                 and (not buf or guarantee == self._buf_guarantee)):
             # Hot path: it fits with 2 bytes to spare; wait for the token.
-            buf.append(hdr + message)
+            blob = hdr + message
+            buf.append(blob)
+            (self._unacked_trans if self._waiting_trans_ack
+             else self._unacked_normal).append((blob, guarantee))
             self._buf_size += size
             self._buf_guarantee = guarantee
             self._next_fragment = 1
@@ -267,7 +309,10 @@ class TotemPg:
         actions: list[Action] = []
         if buf and guarantee != self._buf_guarantee:
             self._flush(actions, now)
-        self._pack(hdr + message, guarantee, actions, now)
+        blob = hdr + message
+        (self._unacked_trans if self._waiting_trans_ack
+         else self._unacked_normal).append((blob, guarantee))
+        self._pack(blob, guarantee, actions, now)
         return self._process(actions, now) if actions else actions
 
     def _next_id(self) -> int:
@@ -319,6 +364,9 @@ class TotemPg:
             stats.packed_tx += 1
         if frag or cont:
             stats.fragments_tx += 1
+        if self._collect is not None:
+            self._collect.append((encode_pg(frag, cont, pieces), guarantee))
+            return
         actions += self.srp.send(encode_pg(frag, cont, pieces), guarantee, now)
 
     def _flush(self, actions: list[Action], now: int) -> None:
@@ -359,13 +407,54 @@ class TotemPg:
         return out
 
     def _confchg(self, chg: ConfChg) -> None:
-        for nodeid in chg.left:
+        # Senders that left lose their partial messages.  Again at the REGULAR change:
+        # old-ring messages delivered *after* the TRANSITIONAL one (e.g. SAFE ones that
+        # became stable only then) can re-create a leaver's state, which would poison the
+        # first packets of that node if it restarts and rejoins.
+        left = chg.left if chg.kind == ConfChgKind.TRANSITIONAL else self._left
+        for nodeid in left:
             self._asm_normal.pop(nodeid, None)
             self._asm_trans.pop(nodeid, None)
+        self._left = chg.left if chg.kind == ConfChgKind.TRANSITIONAL else ()
         if chg.kind == ConfChgKind.REGULAR:
             # corosync switches to the transitional reassembly state right after the
             # old ring's messages were delivered, i.e. before the REGULAR confchg.
             self._waiting_trans_ack = True
+            self._settle_own_stream(bool(chg.joined))
+
+    def _settle_own_stream(self, joiners: bool) -> None:
+        """Rewrite our unsent packets at a REGULAR change (see the module docstring)."""
+        own = self._asm_normal.get(self._me) if self._me is not None else None
+        straddles = joiners and own is not None and bool(own.parts or own.last_frag)
+        if not straddles and not self._buf:
+            return
+        collected: list[tuple[bytes, int]] = []
+        self._collect = collected
+        try:
+            if straddles:
+                assert own is not None
+                self.srp.take_held()  # rebuilt below from the undelivered messages
+                self._buf, self._buf_size, self._cont = [], 0, 0
+                self._next_fragment = 1
+                abort_id = 2 if own.last_frag == 1 else 1
+                collected.append((encode_pg(0, abort_id, [b"\0"]), Guarantee.AGREED))
+                self.stats.straddle_aborts += 1
+                for blob, guarantee in self._unacked_normal:
+                    if self._buf and guarantee != self._buf_guarantee:
+                        self._flush([], self._now)
+                    if len(blob) + self._buf_size < self._packet_max - 2 * len(self._buf) - 4:
+                        self._buf.append(blob)
+                        self._buf_size += len(blob)
+                        self._buf_guarantee = guarantee
+                        self._next_fragment = 1
+                    else:
+                        self._pack(blob, guarantee, [], self._now)
+            if self._buf:
+                self._flush([], self._now)
+        finally:
+            self._collect = None
+        self._cont = 0
+        self.srp.hold(collected)
 
     def _drop(self, reason: str, detail: str, out: list[Action], now: int,
               level: LogLevel = LogLevel.WARNING) -> None:
@@ -490,3 +579,7 @@ class TotemPg:
         stats = self.stats
         stats.msgs_rx += count
         stats.bytes_rx += nbytes
+        if sender == self._me:
+            unacked = self._unacked_trans if self._waiting_trans_ack else self._unacked_normal
+            for _ in range(min(len(msgs), len(unacked))):
+                unacked.popleft()

@@ -308,6 +308,30 @@ class Srp:
                 self._new_q, self._trans_q = self._trans_q, deque()
         return self._end(prev)
 
+    def take_held(self) -> list[tuple[bytes, int]]:
+        """Remove and return the packets held back since the configuration change.
+
+        Only meaningful between a REGULAR configuration change and :meth:`trans_ack`: the
+        queued ``(payload, guarantee)`` packets that were submitted before the change and
+        have not been sent.  totempg uses it (with :meth:`hold`) to rewrite its unsent
+        packets so that no message straddles a membership change with joiners.
+        """
+        if not self._waiting_trans_ack:
+            raise RuntimeError("take_held() outside a configuration change")
+        held = list(self._new_q)
+        self._new_q.clear()
+        return held
+
+    def hold(self, packets: list[tuple[bytes, int]]) -> None:
+        """Append packets to the held queue (sent after :meth:`trans_ack`, in order).
+
+        The counterpart of :meth:`take_held`; like it, only valid while waiting for
+        ``trans_ack``.  No space check: it gives back (about) what was taken.
+        """
+        if not self._waiting_trans_ack:
+            raise RuntimeError("hold() outside a configuration change")
+        self._new_q.extend((bytes(p), int(g)) for p, g in packets)
+
     def leave(self, now: int) -> list[Action]:
         """Clean shutdown: multicast a LEAVE (§2.7) and go inert."""
         prev = self._begin(now)
