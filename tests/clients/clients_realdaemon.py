@@ -12,6 +12,7 @@ Imported by tests/clients and tests/tools (which add this directory to sys.path)
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -184,3 +185,31 @@ def daemon_fixture(*kinds: str):  # type: ignore[no-untyped-def]
 #: Debian's daemon (SHM, its default), Debian's daemon serving SOCKET IPC, then our executive
 #: (corosync.exec.main) under the same conditions.
 any_corosync = daemon_fixture("debian", "debian-socket", "ours")
+
+
+class LineReader:
+    """Lines of a child's stdout with a deadline on every wait (a silent child fails the test
+    instead of hanging it).  Reads the pipe's fd directly, so do not mix with proc.stdout."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        assert proc.stdout is not None
+        self.proc = proc
+        self.fd = proc.stdout.fileno()
+        self.buf = b""
+
+    def readline(self, timeout: float = 20) -> bytes:
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"pid {self.proc.pid}: no line within {timeout} s "
+                                     f"(have {self.buf[-200:]!r})")
+            ready, _, _ = select.select([self.fd], [], [], left)
+            if ready:
+                chunk = os.read(self.fd, 65536)
+                if not chunk:
+                    raise AssertionError(f"pid {self.proc.pid} closed stdout "
+                                         f"(rc {self.proc.poll()}, have {self.buf[-200:]!r})")
+                self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return line + b"\n"

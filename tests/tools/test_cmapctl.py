@@ -16,7 +16,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "clients"))
 
-from clients_realdaemon import (DEBIAN_CMAPCTL, RealCorosync,  # noqa: E402
+from clients_realdaemon import (DEBIAN_CMAPCTL, LineReader, RealCorosync,  # noqa: E402
                                 daemon_fixture, real_corosync)  # noqa: F401  (fixture)
 
 from corosync.cmap import CmapValue, ValueType  # noqa: E402
@@ -296,10 +296,10 @@ def test_tracking_matches_debian(real_corosync: RealCorosync) -> None:
     watchers = [start(THEIRS, "-b", "-T", "trk."), start(OURS, "-b", "-T", "trk."),
                 start(THEIRS, "-t", "trk.one"), start(OURS, "-t", "trk.one")]
     outputs: list[bytes] = []
+    readers = [LineReader(w) for w in watchers]
     try:
-        for w in watchers:
-            assert w.stdout is not None
-            assert w.stdout.readline() == b'Type "q" to finish\n'
+        for r in readers:
+            assert r.readline() == b'Type "q" to finish\n'
         changes = [["-s", "trk.one", "u32", "1"], ["-s", "trk.one", "u32", "2"],
                    ["-s", "trk.two", "str", "x y"], ["-s", "trk.bin", "bin", "-"],
                    ["-d", "trk.one"], ["-s", "trk.one", "dbl", "0.5"], ["-D", "trk."]]
@@ -307,10 +307,8 @@ def test_tracking_matches_debian(real_corosync: RealCorosync) -> None:
             p = real_corosync.run(DEBIAN_CMAPCTL, *change, input=b"\xff\\x")
             assert p.returncode == 0, p.stderr
         expected = {0: 9, 1: 9, 2: 5, 3: 5}          # prefix watchers see 9 events, key 5
-        for i, w in enumerate(watchers):
-            assert w.stdout is not None
-            lines = [w.stdout.readline() for _ in range(expected[i])]
-            outputs.append(b"".join(lines))
+        for i, r in enumerate(readers):
+            outputs.append(b"".join(r.readline() for _ in range(expected[i])))
         for w in watchers:
             assert w.stdin is not None
             w.stdin.write(b"q\n")

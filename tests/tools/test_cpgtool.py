@@ -15,7 +15,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "clients"))
 
-from clients_realdaemon import (DEBIAN_CPGTOOL, RealCorosync,  # noqa: E402
+from clients_realdaemon import (DEBIAN_CPGTOOL, LineReader, RealCorosync,  # noqa: E402
                                 real_corosync)  # noqa: F401  (fixture)
 
 from corosync.cpg import IterationDescription  # noqa: E402
@@ -112,16 +112,16 @@ GROUPS = ["demo", "demo", "other group", "hex:" + b"we\\ird\x01\x7f\xc3\xa9".hex
 def populated(real_corosync: RealCorosync):
     procs = []
     try:
+        readers = []
         for group in GROUPS:
             p = real_corosync.popen(sys.executable, str(SCENARIOS), "cpg_peer", group,
                                     stdin=subprocess.PIPE)
             procs.append(p)
-            assert p.stdout is not None
-            assert json.loads(p.stdout.readline())["ev"] == "joined"
+            readers.append(LineReader(p))
+            assert json.loads(readers[-1].readline())["ev"] == "joined"
         # every join is effective once each peer saw its own confchg
-        for p in procs:
-            assert p.stdout is not None
-            while json.loads(p.stdout.readline())["ev"] != "confchg":
+        for r in readers:
+            while json.loads(r.readline())["ev"] != "confchg":
                 pass
         yield real_corosync
     finally:
