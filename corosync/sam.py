@@ -839,7 +839,11 @@ class Sam:
         _registered_in_this_process = True
         while True:
             if self._cmap_keys is not None:
-                self._cmap_keys.state(CMAP_STATE_STOPPED)
+                try:
+                    self._cmap_keys.state(CMAP_STATE_STOPPED)
+                except CsError as exc:
+                    # informational keys: a restart must not fail because cmap did
+                    log.warning("sam: cmap state update failed: %s", exc)
             cmd_r, cmd_w = os.pipe()
             rep_r, rep_w = os.pipe()
             self.instance_id += 1

@@ -120,15 +120,16 @@ class FileCmap:
 
 def hc_timeout_restart() -> None:
     """RESTART: instance 1 sends two health checks then goes silent; instance 2 quits."""
-    h = sam.initialize(200, sam.RecoveryPolicy.RESTART)
+    h = sam.initialize(300, sam.RecoveryPolicy.RESTART)
     iid = h.register()
     log("instance", iid=iid)
     if iid == 1:
         h.start()
-        for _ in range(2):
-            h.hc_send()
-            time.sleep(0.05)
-        log("last_hc")
+        h.hc_send()
+        time.sleep(0.05)
+        before = time.monotonic()       # the watchdog reads the last health check after this
+        h.hc_send()
+        log("last_hc", before=before)
         hang()
     sys.exit(0)
 
@@ -199,15 +200,15 @@ def data() -> None:
 
 
 def stop_disarms() -> None:
-    """Stopped for four intervals without health checks: no kill; then a clean exit."""
-    h = sam.initialize(150, sam.RecoveryPolicy.RESTART)
+    """Stopped for three intervals without health checks: no kill; then a clean exit."""
+    h = sam.initialize(400, sam.RecoveryPolicy.RESTART)
     iid = h.register()
     log("instance", iid=iid)
     h.start()
     h.hc_send()
     h.stop()
     log("stopped")
-    time.sleep(0.6)
+    time.sleep(1.2)
     h.start()
     h.hc_send()
     h.finalize()
@@ -216,8 +217,9 @@ def stop_disarms() -> None:
 
 
 def hc_callback() -> None:
-    """libsam test5: the library sends the health checks; the callback fails at call 6."""
-    h = sam.initialize(100, sam.RecoveryPolicy.RESTART)
+    """libsam test5: the library sends the health checks; the callback fails at call 6
+    (interval 250 ms: a scheduling stall under 190 ms cannot miss a deadline)."""
+    h = sam.initialize(250, sam.RecoveryPolicy.RESTART)
     iid = h.register()
     log("instance", iid=iid)
     if iid == 1:
@@ -233,6 +235,21 @@ def hc_callback() -> None:
         h.start()
         hang()
     log("restored", calls=int(h.data_restore() or b"0"))
+    sys.exit(0)
+
+
+def hc_callback_raises() -> None:
+    """A callback that raises counts as a failed health check."""
+    h = sam.initialize(250, sam.RecoveryPolicy.RESTART)
+    iid = h.register()
+    log("instance", iid=iid)
+    if iid == 1:
+        def broken() -> bool:
+            log("callback")
+            raise RuntimeError("cannot tell")
+        h.hc_callback_register(broken)
+        h.start()
+        hang()
     sys.exit(0)
 
 
@@ -330,7 +347,7 @@ def real_cmap() -> None:
     """Against a real executive: the keys as a separate cmap client sees them."""
     from corosync.cmap import Cmap
 
-    h = sam.initialize(1000, sam.RecoveryPolicy.QUIT | sam.RecoveryPolicy.CMAP)
+    h = sam.initialize(3000, sam.RecoveryPolicy.QUIT | sam.RecoveryPolicy.CMAP)
     iid = h.register()
     prefix = f"resources.process.{os.getppid()}."
     with Cmap.initialize() as c:

@@ -130,7 +130,7 @@ def test_cmap_keys_written_and_removed(daemon: Daemon, sam_app) -> None:
     assert app.wait_exit(30) == 0, app.output()
     (inst,) = of(app.events(), "instance")
     assert inst["recovery"] == "quit"
-    assert inst["poll_period"] == 1000
+    assert inst["poll_period"] == 3000
     assert (inst["state0"], inst["state1"], inst["state2"]) == ("stopped", "running", "stopped")
     assert inst["advanced"] is True
     listing = daemon.run(CMAPCTL)                       # the whole map
