@@ -214,8 +214,31 @@ async def _serve(opts: Options, log: logging.Logger) -> int:
                     driver.stop(0)
                     return
 
+        async def config_tracking() -> None:
+            from corosync.cmap import AsyncCmap
+
+            from corosync.exec.qdevice.cmaptrack import track_nodelist
+
+            try:
+                cmap = await AsyncCmap.initialize()
+            except Exception as exc:
+                log.warning("Can't initialize cmap tracking (%s): node list changes are ignored",
+                            exc)
+                return
+            try:
+                await track_nodelist(
+                    cmap, (cfg.config_nodes, cfg.config_version),
+                    lambda nodes, version: driver.event(
+                        lambda now: core.config_changed(nodes, version, now)))
+            except Exception as exc:
+                log.warning("cmap tracking ended: %s", exc)
+            finally:
+                cmap.finalize()
+
         async with trio.open_nursery() as nursery:
             await nursery.start(signals)
+            log.debug("Initializing cmap tracking")
+            nursery.start_soon(config_tracking)
             log.debug("Running QDevice main loop")
             code = await driver.run()
             nursery.cancel_scope.cancel()

@@ -433,6 +433,7 @@ class QdeviceNet:
         self.cfg.config_nodes = tuple(nodes)
         self.cfg.config_version = version
         if self.connected:
+            self._log(LOG_DEBUG, "Sending changed config node list")
             self._send_config(P.NodeListType.CHANGED_CONFIG)
         elif self.vote == Vote.ACK:
             self._update_vote(Vote.NACK, now)

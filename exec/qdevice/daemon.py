@@ -83,6 +83,10 @@ class QdeviceDriver:
         fn(trio.current_time())
         self._pump()
 
+    def event(self, fn: Callable[[float], None]) -> None:
+        """Feed an outside event (e.g. a configuration change) to the core."""
+        self._event(None, fn)
+
     def stop(self, code: int = 0) -> None:
         self.exit_code = code
         if self._nursery is not None:

@@ -104,6 +104,23 @@ def test_our_qdevices_keep_node1_quorate_after_node2_killed(lab, shared_dir, ser
     r = lab.qdevice_tool(1, "-s")
     assert r.returncode == 0, r.stderr
     assert _host(r.stdout.decode()) == _host((ref / "running-qdevice-tool-s.txt").read_text())
+    # a configuration reload (corosync-cfgtool -R) that gives node 2 a data center: the
+    # qdevice follows the reload in cmap and sends CHANGED_CONFIG; reverting restores the
+    # reference output
+    conf = lab.node_dir(1) / "corosync.conf"
+    plain = conf.read_text()
+    conf.write_text(plain.replace("nodeid: 2\n", "nodeid: 2\n        datacenterid: 7\n"))
+    r = lab.in_node(1, "corosync-cfgtool", "-R")
+    assert r.returncode == 0, r.stdout + r.stderr
+    wait_for(lambda: "    1\tNode ID = 2, Data center ID = 7\n" in
+             lab.qdevice_tool(1, "-s").stdout.decode(), 15, lambda: lab.output("qdevice1"))
+    assert "Sending changed config node list" in lab.output("qdevice1")
+    conf.write_text(plain)
+    r = lab.in_node(1, "corosync-cfgtool", "-R")
+    assert r.returncode == 0, r.stdout + r.stderr
+    wait_for(lambda: _host(lab.qdevice_tool(1, "-s").stdout.decode())
+             == _host((ref / "running-qdevice-tool-s.txt").read_text()), 15,
+             lambda: lab.qdevice_tool(1, "-s").stdout.decode())
     # qnetd stops answering (SIGSTOP, as in the reference run): the echo reply is missed, the
     # qdevices disconnect and vote NACK ("A,NV,NMW"), the cluster keeps quorum with 2 of 3
     dpd = ref / "qnetd" / "heartbeat-dpd"
