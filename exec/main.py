@@ -357,15 +357,10 @@ class ServiceLayer:
         self.host: Any = None
         self.servers: list[Any] = []
         self.first_sync_done = trio.Event()
+        self._nursery: trio.Nursery | None = None
         self._scopes: list[trio.CancelScope] = []
         self._running = 0
         self._closed = trio.Event()
-        self.queue_fc = False
-        self.queue_fc_count = 0
-        queue_max = int(getattr(getattr(node.config, "totem_config", None), "send_queue_max",
-                                2974))
-        self.fc_on_below = max(queue_max // 3, 1)
-        self.fc_off_above = max(queue_max // 2, 1)
         node.services = self
 
     def _build_host(self) -> Any:
@@ -377,50 +372,15 @@ class ServiceLayer:
         host = ServiceHost(node.nodeid, self.cmap, self._mcast, send_ok=node.pg.send_ok,
                            trans_ack=self._sync_completed, log=self.log.log,
                            shutdown=self._shutdown, stats_cmap=self.stats_cmap,
-                           log_sync_completed=False)
+                           on_ready=self._ready, timer_add=self._timer_add,
+                           timer_del=self._timer_del, log_sync_completed=False)
         node.confchg_handlers.append(host.on_confchg)
         node.deliver_handlers.append(host.on_deliver)
-        node.deliver_handlers.append(self._after_delivery)
         node.sync_hook = self._sync_started
         return host
 
     def _mcast(self, group: bytes, message: bytes, guarantee: Any) -> None:
         self.node.mcast([group], message, guarantee)
-        if not self.queue_fc and self._queue_space() < self.fc_on_below:
-            self._set_queue_fc(True)
-
-    # -- IPC flow control from the Totem queue level ---------------------------------------
-    #
-    # corosync stops reading IPC requests when the Totem queue is nearly full (totempg's
-    # queue level CRITICAL -> qb_ipcs_request_rate_limit OFF) so that libcpg's
-    # cpg_mcast_joined answers CS_ERR_TRY_AGAIN instead of a message being lost.  We do
-    # the same per CPG connection: the libqb flow-control word (clients' mcast sends get
-    # EAGAIN) plus the server holding that connection's requests until it is cleared.  The
-    # "on" threshold leaves room for the largest message (1 MiB = ~750 packets) so a
-    # request already accepted always fits; hysteresis avoids flapping.
-
-    def _queue_space(self) -> int:
-        space = getattr(self.node.srp, "queue_space", None)
-        return int(space()) if callable(space) else 1 << 30
-
-    def _set_queue_fc(self, on: bool) -> None:
-        from .host import FC_OFF, FC_SYNC
-
-        self.queue_fc = on
-        self.queue_fc_count += on
-        if not on and self.host.sync_in_process:
-            return  # the host owns the word during sync and clears it when sync ends
-        level = FC_SYNC if on else FC_OFF
-        handler = self.host.ipc_handlers.get("cpg")
-        for conn in list(getattr(handler, "conns", ())):
-            try:
-                conn.set_flow_control(level)
-            except Exception:
-                pass
-
-    def _after_delivery(self, _d: Any) -> None:
-        if self.queue_fc and self._queue_space() > self.fc_off_above:
-            self._set_queue_fc(False)
 
     @staticmethod
     def _sync_started(chg: Any) -> None:
@@ -428,10 +388,39 @@ class ServiceLayer:
 
     def _sync_completed(self) -> None:
         self.node.sync_completed()
+        self._ready()
+
+    def _ready(self) -> None:
+        """The first sync completed: the IPC servers may accept clients (corosync refuses
+        them with EAGAIN before).  Called by the host (``on_ready``) and, as a fallback for
+        hosts without that hook, on every sync completion (idempotent)."""
         if not self.first_sync_done.is_set():
             for server in self.servers:
                 server.ready = True
             self.first_sync_done.set()
+
+    # -- service timers (one-shot; votequorum and friends) ------------------------------
+
+    def _timer_add(self, ms: int, fn: Callable[[], None]) -> trio.CancelScope:
+        """Run ``fn`` after ``ms`` in the node's task group; the handle is a cancel scope.
+        The host wraps ``fn`` (guarded, followed by a pump); Totem calls it makes are
+        queued by the node's driver like any other input, never nested."""
+        scope = trio.CancelScope()
+
+        async def fire() -> None:
+            with scope:
+                await trio.sleep(max(ms, 0) / 1000.0)
+            if not scope.cancelled_caught:
+                fn()
+
+        assert self._nursery is not None, "timers exist only while the node runs"
+        self._nursery.start_soon(fire)
+        return scope
+
+    @staticmethod
+    def _timer_del(handle: Any) -> None:
+        if isinstance(handle, trio.CancelScope):
+            handle.cancel()
 
     def _shutdown(self, reason: str) -> None:
         self.log.error("MAIN", f"Shutdown requested by a service: {reason}")
@@ -446,6 +435,7 @@ class ServiceLayer:
     async def start(self, nursery: trio.Nursery) -> None:
         from .ipc import IpcServer
 
+        self._nursery = nursery
         self.host = self._build_host()
         ipc_type = self.ipc_type()
         auth = uidgid_auth(self.cmap)
@@ -493,15 +483,15 @@ class ServiceLayer:
             self.log.limited(LogLevel.ERROR, "SERV", "exec_exit", f"exec_exit failed: {exc!r}")
 
     async def _tick(self) -> None:
-        """Once a second: retry sends a full queue refused (deliveries pump too, this covers
-        an idle ring), publish the service and IPC counters."""
+        """Once a second: retry sends a full queue refused and re-check the queue-level IPC
+        flow control (deliveries pump too; this covers an idle ring), publish the service
+        and IPC counters."""
         from .cmap import CmapType
 
         while True:
             await trio.sleep(1.0)
             try:
-                self.host.pump()
-                self._after_delivery(None)
+                self.host.pump()  # also re-evaluates the queue-level flow control
                 flush = getattr(self.host, "flush_stats", None)
                 if flush is not None:
                     flush()
@@ -512,6 +502,17 @@ class ServiceLayer:
             except Exception as exc:
                 self.log.limited(LogLevel.ERROR, "SERV", f"tick:{type(exc).__name__}",
                                  f"service housekeeping failed: {exc!r}")
+
+
+def _pid_alive(pid: int) -> bool:
+    """A stale pid file's pid may have been reused: never clean up after a live process."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 async def run_node(config: Any, envelope: Any, log: CorosyncLog, ready_fd: int | None,
@@ -542,7 +543,7 @@ async def run_node(config: Any, envelope: Any, log: CorosyncLog, ready_fd: int |
         log.error("MAIN", f"Can't read the ring id file in {config.system.state_dir}: "
                           f"{exc.strerror}")
         return EXIT_DIR_NOT_PRESENT
-    if stale_server_pid is not None:
+    if stale_server_pid is not None and not _pid_alive(stale_server_pid):
         removed = remove_stale_dirs(server_pid=stale_server_pid)
         if removed:
             log.info("MAIN", f"Removed {removed} IPC directories left by pid {stale_server_pid}")

@@ -409,6 +409,11 @@ def test_client_that_stops_reading_is_cut_off_others_unharmed(ring, clients):
     for i in range(40):
         sender.cmd(f"big {512 * 1024} chunk{i}-")
     watcher.wait(lambda: len(watcher.delivered()) >= 40, "40 deliveries at the watcher", 60)
+    # sent back to back, faster than the ring drains: flow control (EAGAIN to the sender),
+    # never a lost message
+    sent = [x["bigsent"] for x in sender.lines if "bigsent" in x]
+    assert [d[2] for d in watcher.delivered()] == sent
+    assert "dropped: queue full" not in ring[1].log()
     # the daemon disconnected the stuck client: its peers see it gone (PROCDOWN, reason 5)
     watcher.wait(lambda: any(c[1] == [[2, stuck.pid, 5]] for c in watcher.confchgs()),
                  "stuck client dropped", 20)
@@ -631,3 +636,81 @@ def test_ipc_accept_policy_follows_cmap_uidgid():
     assert allowed(1, 12345, other) and not allowed(1, other, 12345)
     store.set(f"uidgid.config.gid.{other}", 0, CmapType.UINT8)
     assert not allowed(1, 12345, other)
+
+
+async def test_service_layer_in_process_ready_timers_and_stop(tmp_path, monkeypatch):
+    """exec/main.py's ServiceLayer driven in this trio loop: IPC servers listen (refusing
+    with EAGAIN) before the first sync, serve after it; service timers fire once unless
+    deleted; stop() disconnects clients and removes the sockets."""
+    import io
+
+    import trio
+
+    from corosync.exec.cmap import CmapStore
+    from corosync.exec.config.model import load_config
+    from corosync.exec.log import CorosyncLog
+    from corosync.exec.main import ServiceLayer
+    from corosync.exec.node import Node
+    from corosync.exec.transport import make_transport
+    from corosync.lib.ipc import IpcClient, IpcError
+    from exec_testlib import node_config
+
+    ipc_dir = tmp_path / "ipc"
+    monkeypatch.setenv("COROSYNC_IPC_DIR", str(ipc_dir))
+    (tmp_path / "state").mkdir()
+    text = node_config(nodeid=1, nodes=[(1, "127.0.0.1")], port=pick_port(), directory=tmp_path)
+    cfg = load_config(str(tmp_path / "corosync.conf"), text=text, local_addrs=["127.0.0.1"])
+    log = CorosyncLog(stderr=io.StringIO())
+    log.configure(cfg.logging)
+    cmap = CmapStore()
+    cmap.load_config(cfg)
+    node = Node(cfg, log=log, transport=make_transport(cfg), cmap=cmap,
+                stats_cmap=CmapStore())
+    layer = ServiceLayer(node, cmap, node.stats_cmap, log)
+
+    # Hold "ready" back after the first sync until we let it through.
+    release = trio.Event()
+    real_ready = layer._ready
+
+    def held() -> None:
+        async def later() -> None:
+            await release.wait()
+            real_ready()
+        layer._nursery.start_soon(later)
+
+    layer._ready = held  # type: ignore[method-assign]
+    fired: list[str] = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.run)
+        with trio.fail_after(10):
+            while layer.host.members != (1,):
+                await trio.sleep(0.01)
+        assert {s.service for s in layer.servers} >= {"cmap", "cpg"}
+        assert (ipc_dir / "cmap").exists() and not any(s.ready for s in layer.servers)
+        with pytest.raises(IpcError) as refused:
+            await trio.to_thread.run_sync(lambda: IpcClient.connect("cmap", timeout=5))
+        assert refused.value.errno == errno.EAGAIN
+        release.set()
+        with trio.fail_after(10):
+            await layer.first_sync_done.wait()
+        assert all(s.ready for s in layer.servers)
+        client = await trio.to_thread.run_sync(lambda: IpcClient.connect("cmap", timeout=5))
+        key = b"totem.cluster_name"
+        _rid, err, _ = await trio.to_thread.run_sync(
+            lambda: client.request(CMAP_GET, struct.pack("<H6x256sQ", len(key), key, 64), 5))
+        assert err == CS_OK
+        layer.host.timer_add(30, lambda: fired.append("a"))
+        gone = layer.host.timer_add(30, lambda: fired.append("b"))
+        layer.host.timer_del(gone)
+        with trio.fail_after(5):
+            while not fired:
+                await trio.sleep(0.01)
+        await trio.sleep(0.1)
+        assert fired == ["a"]
+        node.stop()
+        with trio.fail_after(10):
+            await node.wait_stopped()
+    assert not (ipc_dir / "cmap").exists() and not (ipc_dir / "cpg").exists()
+    with pytest.raises(IpcError):
+        client.recv_event(1)
+    client.close()
