@@ -62,12 +62,21 @@ def config_nodes(keys: Mapping[str, Any]) -> tuple[NodeInfo, ...]:
     """nodelist.node.<pos>.nodeid in cmap (string-sorted key) order, as the stock client."""
     positions = sorted({m.group(1) for k in keys
                         if (m := re.fullmatch(r"nodelist\.node\.(\d+)\.\w+", k))})
+    clear_high = (_text(keys, "totem.clear_node_high_bit") or "no").lower() in _TRUE
     nodes = []
     for pos in positions:
         nid = _int(keys, f"nodelist.node.{pos}.nodeid", 0, 1, 0xFFFFFFFF)
         if nid == 0:
-            raise QdeviceConfigError(f"nodelist.node.{pos}.nodeid",
-                                     "missing (required by qdevice)")
+            # as corosync: an IPv4 ring0_addr (or a name resolving to one) gives the id
+            from corosync.exec.config.netaddr import nodeid_from_ipv4
+
+            addr = _text(keys, f"nodelist.node.{pos}.ring0_addr")
+            nid = nodeid_from_ipv4(addr, clear_high) or 0 if addr else 0
+            if nid == 0:
+                raise QdeviceConfigError(
+                    f"nodelist.node.{pos}.nodeid",
+                    "Cant find nodeid or ring0_addr for a node. One of them needs to be "
+                    "defined for every node.")
         dc = _int(keys, f"nodelist.node.{pos}.datacenterid", 0, 0, 0xFFFFFFFF)
         nodes.append(NodeInfo(nid, data_center_id=dc))
     return tuple(nodes)

@@ -168,7 +168,14 @@ def test_config_from_keys_and_errors():
     # cmap key order: position "10" sorts before "2"
     keys = {**BASE_KEYS, "nodelist.node.10.nodeid": 11, "nodelist.node.2.nodeid": 3}
     assert [n.node_id for n in config_from_keys(keys, 1).config_nodes] == [1, 2, 11, 3]
-    for bad, key in [({"quorum.device.net.host": ""}, "quorum.device.net.host"),
+    # no nodeid: generated from an IPv4 ring0_addr like corosync does
+    keys = {**BASE_KEYS, "nodelist.node.2.ring0_addr": "10.0.0.3"}
+    assert config_from_keys(keys, 1).config_nodes[-1].node_id == 0x0A000003
+    keys["totem.clear_node_high_bit"] = "yes"
+    keys["nodelist.node.2.ring0_addr"] = "200.0.0.1"
+    assert config_from_keys(keys, 1).config_nodes[-1].node_id == 0x48000001
+    for bad, key in [({"nodelist.node.2.ring0_addr": "fd00::1"}, "nodelist.node.2.nodeid"),
+                     ({"nodelist.node.3.name": "x"}, "nodelist.node.3.nodeid"),({"quorum.device.net.host": ""}, "quorum.device.net.host"),
                      ({"quorum.device.net.algorithm": "nope"}, "quorum.device.net.algorithm"),
                      ({"quorum.device.votes": "2"}, "quorum.device.votes"),
                      ({"quorum.device.net.tls": "maybe"}, "quorum.device.net.tls"),
