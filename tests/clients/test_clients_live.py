@@ -177,7 +177,11 @@ def test_cpg_two_clients_see_identical_order_and_confchgs(peers) -> None:
     for peer, tag in ((a, "a"), (b, "b")):
         own = [m for n, pid, m in delivered if pid == peer.pid and not m.startswith("big")]
         assert own == [f"{tag}-{i}" for i in range(count)]   # FIFO per sender
-    assert delivered[-1][2] == "big:1536000:0001020304050607"
+    # the fragmented message arrives whole, once, after its sender's earlier messages
+    bigs = [i for i, (_n, _p, m) in enumerate(delivered) if m.startswith("big")]
+    assert [delivered[i] for i in bigs] == [(1, b.pid, "big:1536000:0001020304050607")]
+    assert bigs[0] > max(i for i, (_n, pid, _m) in enumerate(delivered)
+                         if pid == b.pid and not _m.startswith("big"))
     # confchgs: a saw itself join, then b; b saw itself join with both as members
     me_a, me_b = [1, a.pid], [1, b.pid]
     assert a.confchgs()[0] == {"members": [me_a], "left": [], "joined": [me_a + [1]]}
