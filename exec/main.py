@@ -489,7 +489,6 @@ class ServiceLayer:
         from .cmap import CmapType
 
         while True:
-            await trio.sleep(1.0)
             try:
                 self.host.pump()  # also re-evaluates the queue-level flow control
                 flush = getattr(self.host, "flush_stats", None)
@@ -502,6 +501,7 @@ class ServiceLayer:
             except Exception as exc:
                 self.log.limited(LogLevel.ERROR, "SERV", f"tick:{type(exc).__name__}",
                                  f"service housekeeping failed: {exc!r}")
+            await trio.sleep(1.0)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -415,6 +415,9 @@ class Node:
         space = getattr(self.srp, "queue_space", None)
         if callable(space):
             self._stats_set("stats.pg.msg_queue_avail", int(space()), "UINT32")
+            # totempg message reservations: corosync's IPC layer reserves queue room per
+            # request; ours asks send_ok() instead, so nothing is ever reserved
+            self._stats_set("stats.pg.msg_reserved", 0, "UINT32")
         stats = getattr(self.srp, "stats", None)
         if stats is None or not attrs.has(type(stats)):
             return
