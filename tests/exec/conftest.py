@@ -275,3 +275,11 @@ def loopback_netns():
         yield name
     finally:
         subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+@pytest.fixture(autouse=True)
+def _private_ipc_dir(tmp_path, monkeypatch):
+    """Daemons started by tests here listen in a private IPC directory, never on libqb's
+    abstract names of this network namespace (which another test, a real corosync or a
+    concurrently running suite may own).  Cluster daemons get per-node directories."""
+    monkeypatch.setenv("COROSYNC_IPC_DIR", str(tmp_path / "ipc-private"))
