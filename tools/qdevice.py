@@ -149,7 +149,7 @@ async def _serve(opts: Options, log: logging.Logger) -> int:
     from corosync.exec.qdevice.config import QdeviceConfigError, config_from_keys
     from corosync.exec.qdevice.daemon import QdeviceDriver
     from corosync.exec.qdevice.tlsfiles import client_context
-    from corosync.exec.qdevice.vq import Votequorum
+    from corosync.exec.qdevice.vq import Votequorum, VqError
     from corosync.exec.qnetd.protocol import Algorithm
 
     s = opts.settings
@@ -161,7 +161,11 @@ async def _serve(opts: Options, log: logging.Logger) -> int:
         log.critical("Can't initialize votequorum: %s", exc)
         return 1
     try:
-        node_id = await vq.this_node_id()
+        try:
+            node_id = await vq.this_node_id()
+        except (VqError, OSError) as exc:
+            log.critical("Can't get votequorum information. %s", exc)
+            return 1
         log.debug("Configuring qdevice")
         try:
             keys = await trio.to_thread.run_sync(read_cmap_keys)
@@ -177,11 +181,20 @@ async def _serve(opts: Options, log: logging.Logger) -> int:
             log.error("Test algorithm is not enabled. You can force enable it by "
                       "passing -S net_test_algorithm_enabled=on to corosync-qdevice command")
             return 1
-        await vq.register(name)
+        try:
+            await vq.register(name)
+        except (VqError, OSError) as exc:
+            log.critical("Can't register votequorum device. %s", exc)
+            return 1
         mw = s["master_wins"].lower()
         allow = mw in ("on", "yes", "1")
         log.debug("Configuring master_wins")
-        await vq.master_wins(allow, name)
+        try:
+            await vq.master_wins(allow, name)
+        except (VqError, OSError) as exc:
+            log.critical("Can't set master wins. %s", exc)
+            await vq.unregister(name)
+            return 1
 
         class _NamedVq:
             async def poll(self, cast: bool, ring: Any) -> None:
@@ -203,7 +216,12 @@ async def _serve(opts: Options, log: logging.Logger) -> int:
         core = C.QdeviceNet(cfg)
         driver = QdeviceDriver(core, _NamedVq(), tls_context=tls, qnetd_cn=s["net_nss_qnetd_cn"],
                                socket_path=s["local_socket_file"])
-        await vq.trackstart()
+        try:
+            await vq.trackstart()
+        except (VqError, OSError) as exc:
+            log.critical("Can't start votequorum tracking. %s", exc)
+            await vq.unregister(name)
+            return 1
 
         async def signals(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as sigs:
