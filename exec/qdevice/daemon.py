@@ -198,7 +198,7 @@ class QdeviceDriver:
             ctx = self.tls_context()
             tls = trio.SSLStream(raw, ctx, server_hostname=self.qnetd_cn)
             await tls.do_handshake()
-        except (ssl.SSLError, OSError, trio.BrokenResourceError, ssl.CertificateError) as exc:
+        except Exception as exc:  # unreadable certificate files included: retried like NSS
             log.error("TLS handshake with qnetd failed: %s", exc)
             self._event(gen, self.core.on_closed)
             self._tls_done.set()
@@ -300,7 +300,11 @@ class QdeviceDriver:
                             return
                 if b"\n" not in data:
                     return
-                reply, shutdown = handle_request(bytes(data), self.core, self.wall)
+                try:
+                    reply, shutdown = handle_request(bytes(data), self.core, self.wall)
+                except Exception as exc:  # never let a status request take the daemon down
+                    log.error("Can't process IPC request: %s", exc)
+                    reply, shutdown = b"Error\nInternal error\n", False
                 await stream.send_all(reply)
             except (trio.BrokenResourceError, OSError):
                 return

@@ -217,3 +217,24 @@ async def test_our_qdevice_tls_against_debian_qnetd(tmp_path):
         proc.terminate()  # the pid is the qnetd itself (sh exec)
         proc.wait(15)
         log.close()
+
+
+async def test_unreadable_certificate_directory_is_retried_not_fatal(pki, tmp_path):
+    """tls: on against -s on, but the CA file is missing: the handshake cannot start; the
+    driver logs, disconnects and retries (the stock client retries TLS failures), no crash."""
+    qn = Daemon(tmp_path, "-s", "on", "-c", "off", "-S", f"nss_db_dir={pki / 'qnetd'}")
+    try:
+        await trio.to_thread.run_sync(qn.wait_ready)
+        cfg = C.QdeviceConfig(cluster_name=b"lab", node_id=1, host="127.0.0.1", port=qn.port,
+                              tls=1, timeout_ms=1250, config_nodes=(P.NodeInfo(1),))
+        vq = FakeVotequorum()
+        d = QdeviceDriver(C.QdeviceNet(cfg, rng=lambda n: 0), vq,
+                          tls_context=lambda: client_context(str(tmp_path / "nothing")))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(d.run)
+            vq.membership(P.RingId(1, 5), (1,))
+            await wait_until(lambda: d.core.msg_seq >= 4, 10, "several STARTTLS attempts")
+            assert d.core.state != C.State.EXITED and not vq.last_vote()
+            d.stop()
+    finally:
+        assert qn.stop() == 0, qn.stderr()
