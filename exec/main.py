@@ -470,17 +470,24 @@ class ServiceLayer:
                 self._closed.set()
 
     async def stop(self) -> None:
-        """Close every IPC server; their clients are disconnected (services see lib_exit)."""
+        """Close every IPC server; their clients are disconnected (services see lib_exit).
+        Logged like corosync's service unloading (Pacemaker's test suite looks for the
+        first line); services are unloaded highest id first."""
+        self.log.notice("SERV", "Unloading all Corosync service engines.")
         for server in self.servers:
             server.ready = False
         for scope in self._scopes:
             scope.cancel()
         if self._running:
             await self._closed.wait()  # the servers' cleanup (connections closed) is done
+        if self.host is None:
+            return
         try:
             self.host.exec_exit()
         except Exception as exc:
             self.log.limited(LogLevel.ERROR, "SERV", "exec_exit", f"exec_exit failed: {exc!r}")
+        for svc in sorted(self.host.services.values(), key=lambda s: -int(s.id)):
+            self.log.notice("SERV", f"Service engine unloaded: {svc.name}")
 
     async def _tick(self) -> None:
         """Once a second: retry sends a full queue refused and re-check the queue-level IPC

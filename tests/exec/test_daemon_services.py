@@ -612,7 +612,11 @@ def test_sigterm_disconnects_clients_cleans_up_and_leaves(tmp_path, clients):
         assert not (c[2].ipc_dir / "cpg").exists() and not (c[2].ipc_dir / "cmap").exists()
         c.wait_members([1], ids=[1])
         assert "Failed to receive the leave message" not in c[1].log()
-        assert "Corosync Cluster Engine exiting normally" in c[2].log()
+        log2 = c[2].log()
+        assert "Corosync Cluster Engine exiting normally" in log2
+        assert log2.index("[SERV  ] Unloading all Corosync service engines.") < log2.index(
+            "[SERV  ] Service engine unloaded: corosync configuration map access") < log2.index(
+            "exiting normally")
     finally:
         c.stop_all()
 
