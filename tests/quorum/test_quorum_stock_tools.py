@@ -148,3 +148,68 @@ def test_without_provider_both_tools_agree() -> None:
             b"Unable to start votequorum status tracking: CS_ERR_BAD_HANDLE\n"
     finally:
         server.stop()
+
+
+def _first_block(p: subprocess.Popen, timeout: float = 20.0) -> bytes:
+    """Output of a ``-m`` run up to the end of its first status (table + blank line), read
+    with a deadline (the process never exits by itself)."""
+    import select
+
+    assert p.stdout is not None
+    fd = p.stdout.fileno()
+    out = b""
+    deadline = time.monotonic() + timeout
+    while not (out.endswith(b"\n\n") and b"Membership information" in out):
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            break
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        out += chunk
+    return out
+
+
+def test_monitor_first_status_same_as_debian(our_server) -> None:
+    procs = [subprocess.Popen(["nsenter", "-t", str(our_server.proc.pid), "-n", *cmd, "-m"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env=our_server.env) for cmd in (["stdbuf", "-oL", DEB_QT], OUR_QT)]
+    try:
+        deb, ours = (_first_block(p) for p in procs)
+    finally:
+        for p in procs:
+            p.kill()  # by pid; -m runs until interrupted
+            p.wait(10)
+    assert b"Quorate:          Yes" in deb
+    assert _VOLATILE.sub(rb"\1:", ours) == _VOLATILE.sub(rb"\1:", deb)
+
+
+def test_trio_clients_on_our_services(our_server) -> None:
+    script = (
+        "import trio\n"
+        "from corosync.quorum import AsyncQuorum, MODEL_V1\n"
+        "from corosync.votequorum import AsyncVotequorum\n"
+        "from corosync.cfg import AsyncCfg\n"
+        "async def main():\n"
+        "    async with await AsyncQuorum.initialize(model=MODEL_V1) as q:\n"
+        "        assert await q.getquorate()\n"
+        "        await q.trackstart(1)\n"
+        "        kinds = []\n"
+        "        async for ev in q.notifications():\n"
+        "            kinds.append(type(ev).__name__)\n"
+        "            if len(kinds) == 2: break\n"
+        "        assert kinds == ['NodelistNotification', 'QuorumNotification'], kinds\n"
+        "    async with await AsyncVotequorum.initialize() as v:\n"
+        "        assert (await v.getinfo(0)).quorum == 1\n"
+        "        await v.trackstart(3, 1)\n"
+        "        async for ev in v.notifications():\n"
+        "            assert ev.context == 3\n"
+        "            break\n"
+        "    async with await AsyncCfg.initialize() as c:\n"
+        "        assert await c.local_get() == 1\n"
+        "        assert await c.get_node_addrs(0) == ['127.0.0.1']\n"
+        "        assert (await c.node_status_get(1)).reachable\n"
+        "    print('ok')\n"
+        "trio.run(main)\n")
+    p = our_server.run(sys.executable, "-c", script)
+    assert (p.returncode, p.stdout) == (0, b"ok\n"), p.stderr.decode()
