@@ -718,3 +718,65 @@ async def test_service_layer_in_process_ready_timers_and_stop(tmp_path, monkeypa
     with pytest.raises(IpcError):
         client.recv_event(1)
     client.close()
+
+
+def test_public_client_api_against_our_daemons(ring):
+    """corosync.cpg / corosync.cmap (the public API) against two of our nodes: join, agreed
+    delivery to both, membership, local node id, iteration; cmap tracking."""
+    from corosync import cmap as pcmap
+    from corosync import cpg as pcpg
+
+    got: dict[int, list] = {1: [], 3: []}
+    handles = {}
+    for n in (1, 3):
+        handles[n] = pcpg.Cpg.initialize(
+            deliver=lambda h, g, nodeid, pid, msg, n=n: got[n].append((nodeid, pid, msg)),
+            confchg=lambda h, g, members, left, joined: None, ipc_dir=ring[n].ipc_dir)
+    try:
+        for n, h in handles.items():
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    h.join(b"public api")
+                    break
+                except pcpg.CsError as exc:  # TRY_AGAIN while a sync runs
+                    assert time.monotonic() < deadline, exc
+                    time.sleep(0.05)
+            assert h.local_get() == n
+
+        def members() -> list:
+            return [(a.nodeid, a.pid) for a in handles[1].membership_get(b"public api")]
+
+        wait_until(lambda: len(members()) == 2, 10, "two members of the group")
+        assert members() == [(1, os.getpid()), (3, os.getpid())]
+        handles[3].mcast_joined(pcpg.Guarantee.AGREED, b"via ", b"corosync.cpg")
+
+        def both() -> bool:
+            for h in handles.values():
+                h.dispatch(pcpg.DispatchFlags.ALL)
+            return len(got[1]) >= 1 and len(got[3]) >= 1
+
+        wait_until(both, 10, "delivery on both nodes")
+        assert got[1] == got[3] == [(3, os.getpid(), b"via corosync.cpg")]
+        groups = [d.group for d in handles[1].iteration(pcpg.IterationType.NAME_ONLY)]
+        assert b"public api" in groups
+    finally:
+        for h in handles.values():
+            h.finalize()
+
+    notes: list = []
+    c = pcmap.Cmap.initialize(ipc_dir=ring[2].ipc_dir)
+    try:
+        c.track_add("public.", pcmap.TrackType.ADD | pcmap.TrackType.MODIFY
+                    | pcmap.TrackType.DELETE | pcmap.TrackType.PREFIX, notes.append)
+        c.set_uint32("public.x", 7)
+        c.set_uint32("public.x", 8)
+        c.delete("public.x")
+        wait_until(lambda: c.dispatch(pcmap.DispatchFlags.ALL) is not None and len(notes) >= 3,
+                   10, "three notifications")
+        assert [(n.event, n.key) for n in notes] == [
+            (pcmap.TrackType.ADD, "public.x"), (pcmap.TrackType.MODIFY, "public.x"),
+            (pcmap.TrackType.DELETE, "public.x")]
+        assert notes[1].new_value.value == 8 and notes[1].old_value.value == 7
+    finally:
+        c.finalize()
