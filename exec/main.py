@@ -511,6 +511,14 @@ class ServiceLayer:
             await trio.sleep(1.0)
 
 
+def _sole_cause(exc: BaseException) -> BaseException:
+    """The one exception inside (nested) single-member exception groups: trio's strict
+    exception groups (the default from trio 0.25) wrap what a task group raises."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
 def _pid_alive(pid: int) -> bool:
     """A stale pid file's pid may have been reused: never clean up after a live process."""
     try:
@@ -559,13 +567,16 @@ async def run_node(config: Any, envelope: Any, log: CorosyncLog, ready_fd: int |
         async with trio.open_nursery() as nursery:
             try:
                 await nursery.start(node.run)
-            except ServiceStartError as exc:
-                log.error("MAIN", str(exc))
-                return EXIT_INIT_SERVICES
-            except OSError as exc:
-                log.error("TOTEM", f"Unable to bind the socket to {transport.local_ip}: "
-                                   f"{exc.strerror} ({exc.errno})")
-                return EXIT_FATAL
+            except Exception as raised:
+                exc = _sole_cause(raised)
+                if isinstance(exc, ServiceStartError):
+                    log.error("MAIN", str(exc))
+                    return EXIT_INIT_SERVICES
+                if isinstance(exc, OSError):
+                    log.error("TOTEM", f"Unable to bind the socket to {transport.local_ip}: "
+                                       f"{exc.strerror} ({exc.errno})")
+                    return EXIT_FATAL
+                raise
 
             async def on_signal() -> None:
                 async for _sig in signals:

@@ -780,3 +780,18 @@ def test_public_client_api_against_our_daemons(ring):
         assert notes[1].new_value.value == 8 and notes[1].old_value.value == 7
     finally:
         c.finalize()
+
+
+def test_ipc_name_taken_is_fatal_with_exit_13(tmp_path):
+    nodes = [(1, "127.0.0.1")]
+    c = Cluster(tmp_path, nodes, pick_port(["127.0.0.1"]))
+    d = c[1]
+    (d.ipc_dir / "cmap").mkdir(parents=True)  # not a socket: the server cannot bind there
+    d.start()
+    try:
+        assert d.proc is not None and d.proc.wait(30) == 13
+        log = d.log()
+        assert f"Can't start the IPC server cmap at '{d.ipc_dir / 'cmap'}'" in log
+        assert "Corosync Cluster Engine exiting with status 13." in log
+    finally:
+        d.stop()
