@@ -33,7 +33,7 @@ from typing import Any
 
 from attrs import define
 
-from corosync.exec.cmap import CmapType
+from corosync.exec.cmap import CmapType, Track
 from corosync.exec.service import (REQ_HEADER, CsError, ExecHandler, LibHandler, Malformed,
                                    SendFailed, Service, ServiceApi, ServiceId, need,
                                    service_id_make, swap_fields)
@@ -152,6 +152,12 @@ class VotequorumService(Service):
             cm.set("runtime.votequorum.atb_type", int(config.atb), CmapType.UINT32)
         if config.qdevice_can_operate:
             cm.set("runtime.votequorum.qdevice_can_operate", 1, CmapType.UINT8)
+        self._synced = False
+        every = Track.ADD | Track.DELETE | Track.MODIFY | Track.PREFIX
+        cm.track_add("nodelist.", every, self._config_changed)
+        cm.track_add("quorum.", every, self._config_changed)
+        cm.track_add("config.totemconfig_reload_in_progress", Track.ADD | Track.MODIFY,
+                     self._config_changed)
         self._drain()
 
     # ------------------------------------------------------------------ config access
@@ -173,6 +179,45 @@ class VotequorumService(Service):
         positions = sorted({int(m.group(1)) for key, _ in self.api.cmap.iter_prefix("nodelist.node.")
                             if (m := _NODE_KEY.match(key))})
         return positions.index(int(pos)) if int(pos) in positions else None
+
+    # ------------------------------------------------------------------ runtime config
+    def _config_changed(self, event: Any, key: str, new: Any, old: Any) -> None:
+        """cmap ``quorum.*`` / ``nodelist.*`` changed (e.g. a config reload, or an operator
+        setting ``quorum.cancel_wait_for_all``): re-read what corosync re-reads at runtime
+        and tell the cluster.  Waits while a full reload is in progress (it ends with
+        ``config.totemconfig_reload_in_progress`` back at 0)."""
+        cm = self.api.cmap
+        if cm.get("config.totemconfig_reload_in_progress", 0):
+            return
+        if (key == "config.totemconfig_reload_in_progress"
+                and cm.get("config.reload_status", CsError.OK) != CsError.OK):
+            return
+        vq = self.vq
+        assert vq is not None
+        if key == "quorum.cancel_wait_for_all":
+            if new is not None and int(new.value) >= 1:
+                cm.set("quorum.cancel_wait_for_all", 0, CmapType.UINT8)
+                if self._synced:
+                    self._send(encode_reconfigure(Reconfig.CANCEL_WFA, self.api.nodeid, 0))
+            return
+        try:
+            config = read_config(self._cfg_get, self._nodelist(), self._local_pos())
+        except ConfigError as exc:
+            self._log(LogLevel.CRIT, str(exc))
+            self._log(LogLevel.CRIT, "will continue with current runtime data")
+            return
+        old_votes, old_expected = vq.us.votes, vq.us.expected_votes
+        vq.apply_runtime_config(config)
+        self._update_cmap()
+        if not self._synced:
+            return  # our first sync sends everything (a qdevice NODEINFO must not go first)
+        self._send_nodeinfo(self.api.nodeid)
+        self._send_nodeinfo(QDEVICE_NODEID)
+        if vq.us.votes != old_votes:
+            self._send(encode_reconfigure(Reconfig.NODE_VOTES, self.api.nodeid, vq.us.votes))
+        if vq.us.expected_votes != old_expected:
+            self._send(encode_reconfigure(Reconfig.EXPECTED_VOTES, self.api.nodeid,
+                                          vq.us.expected_votes))
 
     # ------------------------------------------------------------------ helpers
     def _log(self, level: LogLevel, text: str) -> None:
@@ -323,6 +368,7 @@ class VotequorumService(Service):
         vq = self.vq
         assert vq is not None
         vq.sync_activate()
+        self._synced = True
         vq.effects.quorum_changed = False
         self._drain()
         self.link.set_quorum(vq.quorum_members, vq.quorate, self.ring_id)

@@ -32,6 +32,7 @@ import enum
 from typing import Callable, Iterable, Mapping
 
 from attrs import define, field, frozen
+from attrs import evolve as attrs_evolve
 
 QDEVICE_NODEID = 0
 
@@ -498,6 +499,26 @@ class VoteQuorum:
         if self.quorate:
             self.recalculate(True, True)
 
+    def apply_runtime_config(self, config: VqConfig) -> None:
+        """A configuration re-read at runtime (cmap ``quorum.*``/``nodelist.*`` changed):
+        corosync re-applies only two_node, this node's votes and expected votes and the
+        device votes; wait_for_all follows two_node when it was not set explicitly."""
+        self.config = attrs_evolve(self.config, two_node=config.two_node, votes=config.votes,
+                                   expected_votes=config.expected_votes,
+                                   qdevice_votes=config.qdevice_votes)
+        self.two_node = config.two_node
+        self.us.votes = config.votes
+        expected = config.expected_votes
+        if self.config.ev_tracking and self.ev_tracking_barrier:
+            expected = max(expected, self.ev_tracking_barrier)
+        self.us.expected_votes = expected
+        self.qdevice.votes = config.qdevice_votes
+        self.ev_barrier = self.us.expected_votes
+        if self.config.wfa_autoset:
+            self.wait_for_all = config.two_node
+            if not self.wait_for_all and self.wfa_status:
+                self._set_wfa(False)
+
     def leaving(self) -> None:
         """This node shuts down with allow_downscale: its NODEINFO will carry LEAVING."""
         self.us.flags |= NodeFlag.LEAVING
@@ -552,5 +573,4 @@ class VoteQuorum:
 
 
 def _replace_downscale(cfg: VqConfig) -> VqConfig:
-    import attrs
-    return attrs.evolve(cfg, allow_downscale=False)
+    return attrs_evolve(cfg, allow_downscale=False)

@@ -240,3 +240,45 @@ def test_malformed_lib_requests_are_answered(payload):
     for req in range(5):
         n1.request("quorum", qc, req, payload)
     assert len(qc.responses) == 5
+
+
+def test_cancel_wait_for_all_through_cmap():
+    from corosync.exec.cmap import CmapType
+    c = QCluster(3, wait_for_all=1)
+    c.partition((1, 2), (3,))
+    c.run_until(c.settled((1, 2), (3,)))
+    assert quorate(c) == {1: False, 2: False, 3: False}
+    assert c.nodes[1].cmap.get("runtime.votequorum.wait_for_all_status") == 1
+    c.nodes[1].cmap.set("quorum.cancel_wait_for_all", 1, CmapType.UINT8)
+    assert c.nodes[1].cmap.get("quorum.cancel_wait_for_all") == 0
+    c.run_until(lambda: c.nodes[1].quorum.quorate and c.nodes[2].quorum.quorate)
+    assert not c.nodes[3].quorum.quorate
+    assert "[VOTEQ] wait_for_all_status reset by user on node 1." in c.nodes[2].logs
+
+
+def test_runtime_config_reload_changes_expected_votes():
+    from corosync.exec.cmap import CmapType
+    c = QCluster(3)
+    c.run_until(c.settled((1, 2, 3)))
+    tracker = c.nodes[3].connect("votequorum")
+    c.nodes[3].request("votequorum", tracker, vp.REQ_TRACKSTART, vp.enc_trackstart(9, 2))
+    for node in c.nodes.values():  # what a config reload does on every node
+        node.cmap.set("config.totemconfig_reload_in_progress", 1, CmapType.UINT8)
+        node.cmap.set("quorum.expected_votes", 5, CmapType.UINT32)
+        node.cmap.set("config.totemconfig_reload_in_progress", 0, CmapType.UINT8)
+    c.run_until(lambda: all(n.vq.vq.us.expected_votes == 5 and n.vq.vq.quorum == 3
+                            for n in c.nodes.values()))
+    assert all(n.quorum.quorate for n in c.nodes.values())
+    assert any(e[0] == vp.EV_EXPECTEDVOTES_NOTIFICATION for e in tracker.events)
+    assert c.nodes[1].cmap.get("runtime.votequorum.ev_barrier") == 5
+
+
+def test_runtime_config_error_keeps_running_data():
+    from corosync.exec.cmap import CmapType
+    c = QCluster(2)
+    c.run_until(c.settled((1, 2)))
+    n1 = c.nodes[1]
+    n1.cmap.set("quorum.device.model", "net", CmapType.STRING)
+    n1.cmap.set("quorum.two_node", 1, CmapType.UINT8)  # two_node + qdevice: refused
+    assert "[VOTEQ] will continue with current runtime data" in n1.logs
+    assert n1.vq.vq.quorum == 2 and n1.quorum.quorate
