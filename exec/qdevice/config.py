@@ -120,6 +120,9 @@ def config_from_keys(keys: Mapping[str, Any], node_id: int) -> QdeviceConfig:
         for k, v in keys.items():
             if re.fullmatch(r"nodelist\.node\.\d+\.quorum_votes", k) and str(v).strip() != "1":
                 raise QdeviceConfigError(k, "ffsplit requires 1 vote on every node")
+    ip_version = _int(keys, "quorum.device.net.force_ip_version", 0, 0, 6)
+    if ip_version not in (0, 4, 6):
+        raise QdeviceConfigError("quorum.device.net.force_ip_version", "must be 0, 4 or 6")
     version = _text(keys, "totem.config_version")
     return QdeviceConfig(
         cluster_name=cluster.encode(), node_id=node_id, host=host,
@@ -130,6 +133,7 @@ def config_from_keys(keys: Mapping[str, Any], node_id: int) -> QdeviceConfig:
         keep_active_partition_tie_breaker=_bool(
             keys, "quorum.device.net.keep_active_partition_tie_breaker", True),
         wait_for_all=_bool(keys, "quorum.wait_for_all", False),
+        force_ip_version=ip_version,
         config_nodes=nodes, config_version=int(version) if version else None)
 
 

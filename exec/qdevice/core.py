@@ -36,6 +36,8 @@ from attrs import frozen
 from corosync.exec.qnetd import protocol as P
 from corosync.exec.qnetd.protocol import Algorithm, MsgType, NodeInfo, RingId, Vote
 
+#: minimum pause before retrying a connect that failed outright (refused, unresolvable)
+CONNECT_RETRY_FLOOR_MS = 1000
 #: the qdevice's own limits (qnet-config.h): the server must accept at least this much ...
 MIN_SERVER_REQUEST_SIZE = 32768
 #: ... and must not send more than this
@@ -99,6 +101,7 @@ class Connect:
     host: str
     port: int
     timeout_ms: int
+    ip_version: int = 0
 
 
 @frozen
@@ -168,6 +171,7 @@ class QdeviceConfig:
     timeout_ms: int = 10000  # quorum.device.timeout
     sync_timeout_ms: int = 30000  # quorum.device.sync_timeout
     connect_timeout_ms: Optional[int] = None  # default: the heartbeat interval
+    force_ip_version: int = 0  # 0: any address family, 4 or 6: only that one
     keep_active_partition_tie_breaker: bool = True
     wait_for_all: bool = False
     config_nodes: tuple[NodeInfo, ...] = ()
@@ -318,7 +322,8 @@ class QdeviceNet:
         self.connect_due = now + self.cfg.connect_ms / 1000
         self._log(LOG_DEBUG, f"Trying connect to qnetd server {self.cfg.host}:{self.cfg.port} "
                   f"(timeout = {self.cfg.connect_ms}ms)")
-        self._actions.append(Connect(self.cfg.host, self.cfg.port, self.cfg.connect_ms))
+        self._actions.append(Connect(self.cfg.host, self.cfg.port, self.cfg.connect_ms,
+                                     self.cfg.force_ip_version))
 
     def on_connected(self, now: float) -> None:
         if self.state != State.CONNECTING:
@@ -376,9 +381,11 @@ class QdeviceNet:
             self._actions.append(Exit(reason.text))
             return
         self.state = State.WAITING_RECONNECT
-        # upstream skips the delay after a failed connect; we keep it so that a refused
-        # connection cannot turn into a busy loop
         delay_ms = self._rng(int(self.cfg.cast_vote_interval_ms * 0.9))
+        if reason == Reason.CONNECT_FAILED:
+            # upstream retries a failed connect at once; an unresolvable or refusing host
+            # would make that a busy loop (and a log flood), so wait at least a second
+            delay_ms = max(delay_ms, CONNECT_RETRY_FLOOR_MS)
         self.reconnect_due = now + delay_ms / 1000
         self._log(LOG_DEBUG, f"Sleeping for {delay_ms} ms before reconnect")
 

@@ -150,7 +150,8 @@ class QdeviceDriver:
             scope = trio.CancelScope()
             self._conn_scope = scope
             assert self._nursery is not None
-            self._nursery.start_soon(self._connection, self._gen, act.host, act.port, scope)
+            self._nursery.start_soon(self._connection, self._gen, act.host, act.port,
+                                     act.ip_version, scope)
         elif isinstance(act, C.Close):
             self._drop_connection()
         elif isinstance(act, C.StartTls):
@@ -210,11 +211,26 @@ class QdeviceDriver:
         self._event(gen, self.core.on_tls_established)
         self._tls_done.set()
 
-    async def _connection(self, gen: int, host: str, port: int, scope: trio.CancelScope) -> None:
+    async def _open(self, host: str, port: int, ip_version: int) -> trio.SocketStream:
+        """All resolved addresses in order (only IPv4 / IPv6 with force_ip_version)."""
+        if not ip_version:
+            return await trio.open_tcp_stream(host, port)
+        family = trio.socket.AF_INET if ip_version == 4 else trio.socket.AF_INET6
+        infos = await trio.socket.getaddrinfo(host, port, family, trio.socket.SOCK_STREAM)
+        last: Optional[OSError] = None
+        for *_, sockaddr in infos:
+            try:
+                return await trio.open_tcp_stream(sockaddr[0], port)
+            except OSError as exc:
+                last = exc
+        raise last or OSError(f"no IPv{ip_version} address for {host}")
+
+    async def _connection(self, gen: int, host: str, port: int, ip_version: int,
+                          scope: trio.CancelScope) -> None:
         stream: Optional[trio.SocketStream] = None
         with scope:
             try:
-                stream = await trio.open_tcp_stream(host, port)
+                stream = await self._open(host, port, ip_version)
             except OSError as exc:
                 log.error("Can't connect to qnetd host %s:%d: %s", host, port, exc)
                 self._event(gen, self.core.on_connect_failed)

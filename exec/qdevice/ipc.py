@@ -83,6 +83,8 @@ def format_status(q: QdeviceNet, verbose: bool, wall: Callable[[float], float]) 
     out += ["Qdevice-net information\n", "----------------------\n",
             f"Cluster name:\t\t{c.cluster_name.decode('utf-8', 'replace')}\n",
             f"QNetd host:\t\t{c.host}:{c.port}\n"]
+    if verbose and c.force_ip_version:
+        out.append(f"Force IP version:\t{c.force_ip_version}\n")
     if verbose:
         out.append(f"Connect timeout:\t{c.connect_ms}ms\n")
         out.append(f"HB interval:\t\t{c.heartbeat_ms}ms\n")

@@ -161,3 +161,37 @@ async def test_garbage_server_is_survived(tmp_path):
         assert d.core.stats["decode_errors"] >= 1
         d.stop()
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("version,host,prefix", [(6, "::1", b"::1:"),
+                                                  (4, "127.0.0.1", b"::ffff:127.0.0.1:"),
+                                                  (4, "::1", None)])
+async def test_force_ip_version(qnetd_factory, tmp_path, version, host, prefix):
+    """quorum.device.net.force_ip_version: only addresses of that family are tried (our
+    qnetd's dual-stack socket shows which one was used); status shows the setting."""
+    qn = qnetd_factory()
+    cfg = C.QdeviceConfig(cluster_name=b"lab", node_id=1, host=host, port=qn.port,
+                          tls=0, timeout_ms=2000, config_nodes=(P.NodeInfo(1),),
+                          force_ip_version=version)
+    vq = FakeVotequorum()
+    d = QdeviceDriver(C.QdeviceNet(cfg, rng=lambda n: 0), vq,
+                      socket_path=str(tmp_path / "qd.sock"))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(d.run)
+        vq.membership(P.RingId(1, 2), (1,))
+        if prefix is None:  # an IPv6 literal has no IPv4 address: connect fails, retried
+            await wait_until(lambda: d.core.disconnect_reason == C.Reason.CONNECT_FAILED, 10,
+                             "refused by family")
+            assert d.core.state != C.State.CONNECTED
+            assert not any(cast for _, cast, _ in vq.polls)  # ffsplit offline: NACK only
+            assert d.core.reconnect_due is not None
+            assert d.core.reconnect_due - trio.current_time() > 0.5  # no busy retry loop
+            d.stop()
+            return
+        await wait_until(lambda: vq.last_vote() is True, 10, "ACK")
+        listing = subprocess.run([sys.executable, "-m", "corosync.tools.qnetd_tool", "-p",
+                                  str(qn.sock), "-l", "-v"], capture_output=True).stdout
+        assert b"Client address:\t\t" + prefix in listing, listing
+        r = await trio.to_thread.run_sync(_tool, tmp_path / "qd.sock", "-s", "-v")
+        assert f"Force IP version:\t{version}\n" in r.stdout.decode()
+        d.stop()
