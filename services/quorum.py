@@ -106,8 +106,12 @@ class QuorumService(Service):
         self.pds: dict[int, QuorumPd] = {}
         self.provider = configured_provider(api)
         self.quorum_type = qp.QUORUM_SET if self.provider else qp.QUORUM_FREE
-        if self.provider:
+        if self.provider and self.provider != PROVIDER_VOTEQUORUM:
+            # votequorum logs "Using quorum provider …" itself (it is loaded first, as in
+            # corosync's log); anything else is refused like corosync does
             self._log(LogLevel.NOTICE, f"Using quorum provider {self.provider}")
+            self._log(LogLevel.CRIT, f"Quorum provider: {self.provider} failed to initialize.")
+            raise ValueError("Invalid quorum provider")
         #: corosync's primary_designated; always true without a provider
         self.quorate = not self.provider
         self.view_list: tuple[int, ...] = ()

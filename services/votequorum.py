@@ -140,7 +140,14 @@ class VotequorumService(Service):
             vp.REQ_QDEVICE_POLL: LibHandler(self._lib_qdevice_poll),
             vp.REQ_QDEVICE_MASTER_WINS: LibHandler(self._lib_qdevice_master_wins),
         }
-        config = read_config(self._cfg_get, self._nodelist(), self._local_pos())
+        api.log(LogLevel.NOTICE, f"Using quorum provider {PROVIDER_VOTEQUORUM}", "QUORUM")
+        try:
+            config = read_config(self._cfg_get, self._nodelist(), self._local_pos())
+        except ConfigError as exc:
+            api.log(LogLevel.CRIT, str(exc), self.subsys)
+            api.log(LogLevel.CRIT, f"Quorum provider: {PROVIDER_VOTEQUORUM} failed to "
+                                   "initialize.", "QUORUM")
+            raise
         for warning in config.warnings:
             self._log(LogLevel.WARNING, warning)
         self.vq = VoteQuorum(api.nodeid, config)

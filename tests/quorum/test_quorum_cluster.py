@@ -282,3 +282,32 @@ def test_runtime_config_error_keeps_running_data():
     n1.cmap.set("quorum.two_node", 1, CmapType.UINT8)  # two_node + qdevice: refused
     assert "[VOTEQ] will continue with current runtime data" in n1.logs
     assert n1.vq.vq.quorum == 2 and n1.quorum.quorate
+
+
+def test_startup_logs_and_refused_configurations():
+    from corosync.exec.cmap import CmapStore, CmapType
+    from corosync.exec.host import ServiceHost
+    from corosync.services.quorum import QuorumService
+    from corosync.services.vq_math import ConfigError
+    from corosync.services.votequorum import VotequorumService
+
+    logs: list[str] = []
+    cm = CmapStore()
+    cm.set("quorum.provider", "corosync_votequorum", CmapType.STRING)
+    cm.set("quorum.expected_votes", 2, CmapType.UINT32)
+    ServiceHost(1, cm, lambda g, m, q: None, services=[VotequorumService, QuorumService],
+                log=lambda lvl, sub, text: logs.append(f"[{sub}] {text}"))
+    assert logs[:3] == ["[QUORUM] Using quorum provider corosync_votequorum",
+                        "[SERV] Service engine loaded: corosync vote quorum service v1.0 [5]",
+                        "[SERV] Service engine loaded: corosync cluster quorum service v0.1 [3]"]
+    bad = CmapStore()
+    bad.set("quorum.provider", "corosync_votequorum", CmapType.STRING)  # no nodelist/expected
+    logs.clear()
+    with pytest.raises(ConfigError, match="nodelist or quorum.expected_votes"):
+        ServiceHost(1, bad, lambda g, m, q: None, services=[VotequorumService, QuorumService],
+                    log=lambda lvl, sub, text: logs.append(f"[{sub}] {text}"))
+    assert "[QUORUM] Quorum provider: corosync_votequorum failed to initialize." in logs
+    other = CmapStore()
+    other.set("quorum.provider", "corosync_ykd", CmapType.STRING)
+    with pytest.raises(ValueError, match="Invalid quorum provider"):
+        ServiceHost(1, other, lambda g, m, q: None, services=[QuorumService])
