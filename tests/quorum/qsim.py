@@ -1,7 +1,7 @@
 """A deterministic N-node cluster for the quorum tests: TotemPg(Srp) + ServiceHost with the
 quorum and votequorum services (plus cmap for realism) on a virtual clock; datagrams routed
-by exec/sim's Network so partitions are one call.  The host's optional ``timer_add`` /
-``timer_del`` are provided on the virtual clock (last-man-standing window)."""
+by exec/sim's Network so partitions are one call.  The host's ``timer_add`` /
+``timer_del`` run on the virtual clock (last-man-standing window, cfg shutdown timeout)."""
 
 from __future__ import annotations
 
@@ -74,15 +74,13 @@ class Node:
         self.pending: list = []
         self.logs: list[str] = []
         self.cmap = make_cmap(nodeid, cluster.n, quorum)
+        self.svc_timers: dict[int, Callable[[], None]] = {}
         self.host = ServiceHost(nodeid, self.cmap, self._mcast, send_ok=self.pg.send_ok,
                                 trans_ack=lambda: self.pending.extend(
                                     self.pg.trans_ack(self.cluster.now)),
                                 log=lambda lvl, sub, text: self.logs.append(f"[{sub}] {text}"),
-                                services=[CfgService, QuorumService, VotequorumService])
-        api = self.host.services[5].api
-        api.timer_add = self._timer_add  # type: ignore[attr-defined]
-        api.timer_del = self._timer_del  # type: ignore[attr-defined]
-        self.svc_timers: dict[int, Callable[[], None]] = {}
+                                services=[CfgService, QuorumService, VotequorumService],
+                                timer_add=self._timer_add, timer_del=self._timer_del)
 
     @property
     def vq(self) -> VotequorumService:
