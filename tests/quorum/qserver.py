@@ -3,7 +3,8 @@ real exec/ipc servers, for running the stock tools against our services.
 
 Run inside a private network namespace (abstract IPC sockets are per netns):
 ``unshare -n python qserver.py [--no-votequorum]``.  Prints "ready" once the first sync
-completed, then serves until stdin reaches EOF (the test closes it; no signals needed)."""
+completed and "shutdown: <reason>" for every shutdown the services request (it keeps
+serving), until stdin reaches EOF (the test closes it; no signals needed)."""
 
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ async def main() -> None:
     send, recv = trio.open_memory_channel(math.inf)
     host = ServiceHost(1, store("--no-votequorum" not in sys.argv),
                        lambda g, m, gu: send.send_nowait((g, m)),
-                       services=[CmapService, CfgService, QuorumService, VotequorumService])
+                       services=[CmapService, CfgService, QuorumService, VotequorumService],
+                       shutdown=lambda reason: print(f"shutdown: {reason}", flush=True))
 
     async def loopback() -> None:
         async for group, message in recv:

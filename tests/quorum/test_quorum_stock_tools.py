@@ -213,3 +213,23 @@ def test_trio_clients_on_our_services(our_server) -> None:
         "trio.run(main)\n")
     p = our_server.run(sys.executable, "-c", script)
     assert (p.returncode, p.stdout) == (0, b"ok\n"), p.stderr.decode()
+
+
+def test_cfgtool_shutdown_against_our_services() -> None:
+    """``-H`` / ``-H --force`` (our qserver records the shutdown request but keeps serving)."""
+    reason = _skip_reason()
+    if reason:
+        print(f"SKIP: {reason}")
+        pytest.skip(reason)
+    server = OurServer()
+    try:
+        for args in (["-H"], ["-H", "--force"]):
+            deb = server.run(DEB_CT, *args)
+            ours = server.run(*OUR_CT, *args)
+            assert (deb.returncode, deb.stdout, deb.stderr) == (0, b"Shutting down corosync\n", b"")
+            assert (ours.returncode, ours.stdout, ours.stderr) == \
+                (deb.returncode, deb.stdout, deb.stderr)
+    finally:
+        server.stop()
+    assert server.proc.stdout is not None
+    assert server.proc.stdout.read().count(b"shutdown: cfg shutdown\n") == 4
