@@ -231,10 +231,8 @@ def check_virtual_synchrony(trace: Trace) -> list[Violation]:
 def check_safe_no_loss(trace: Trace) -> list[Violation]:
     delivered: dict = defaultdict(dict)  # ring -> inc -> all tags of the epoch
     safe_regular: dict = defaultdict(set)  # ring -> SAFE tags delivered in regular part
-    members_of: dict = {}
     for inc in trace.incarnations:
         for ring, nxt, safe, tags, conf in _epochs(inc):
-            members_of[ring] = conf.members
             safe_regular[ring] |= safe
             if nxt is not None or inc.alive_at_end:
                 delivered[ring][_name(inc)] = (inc, tags)
