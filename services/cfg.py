@@ -190,9 +190,10 @@ class CfgService(Service):
         if hook is not None:
             return hook(nodeid)  # type: ignore[no-any-return]
         addrs = self._nodelist_addrs(nodeid)
-        if addrs is None:
-            return None
         reachable = nodeid in self.members or nodeid == self.api.nodeid
+        if addrs is None:
+            # a udp/udpu node answers OK for any node id: no link data, reachable from Totem
+            return cp.NodeStatus(nodeid, reachable)
         mtu = int(self.api.cmap.get("totem.netmtu", DEFAULT_NET_MTU))
         link0 = cp.LinkStatus(True, reachable, False, mtu, addrs[0] if addrs else "", "")
         return cp.NodeStatus(nodeid, reachable, links=(link0,))
