@@ -157,7 +157,7 @@ class VotequorumService(Service):
         cm.set("runtime.votequorum.this_node_id", api.nodeid, CmapType.UINT32)
         if config.atb != Atb.NONE:
             cm.set("runtime.votequorum.atb_type", int(config.atb), CmapType.UINT32)
-        if config.qdevice_can_operate:
+        if config.have_qdevice:
             cm.set("runtime.votequorum.qdevice_can_operate", 1, CmapType.UINT8)
         self._synced = False
         every = Track.ADD | Track.DELETE | Track.MODIFY | Track.PREFIX

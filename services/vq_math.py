@@ -107,7 +107,10 @@ class VqConfig:
     allow_downscale: bool = False
     ev_tracking: bool = False
     qdevice_votes: int = 0
-    qdevice_can_operate: bool = False
+    #: corosync allows device registration unless a (runtime) config error disabled it,
+    #: even without ``quorum.device``; ``have_qdevice`` says whether one is configured
+    qdevice_can_operate: bool = True
+    have_qdevice: bool = False
     #: True when wait_for_all was not set explicitly (then it follows two_node).
     wfa_autoset: bool = True
     warnings: tuple[str, ...] = ()
@@ -222,7 +225,7 @@ def read_config(get: Callable[[str], object | None], nodelist: Iterable[Mapping[
                     wait_for_all=wait_for_all, last_man_standing=lms, lms_window_ms=lms_window,
                     atb=atb, atb_nodes=atb_nodes, allow_downscale=allow_downscale,
                     ev_tracking=ev_tracking, qdevice_votes=max(qdevice_votes, 0),
-                    qdevice_can_operate=have_qdevice, wfa_autoset=not wfa_set,
+                    have_qdevice=have_qdevice, wfa_autoset=not wfa_set,
                     warnings=tuple(warnings))
 
 

@@ -4,6 +4,7 @@ unregister; the device's vote decides which half of a split stays quorate."""
 
 from __future__ import annotations
 
+import attrs
 from qsim import QCluster
 
 from corosync.lib.proto import votequorum as vp
@@ -84,10 +85,15 @@ def test_qdevice_errors_master_wins_update_unregister():
     assert not n1.vq.vq.us.flags & 16
 
 
-def test_qdevice_refused_without_device_config():
+def test_qdevice_registration_without_device_config_like_corosync():
+    """corosync 3.1.7 accepts a registration even without ``quorum.device`` (checked live in
+    test_quorum_stock_tools.py); only a configuration error disables it (CS_ERR_ACCESS)."""
     c = QCluster(2)
     c.run_until(c.settled((1, 2)))
-    n1 = c.nodes[1]
-    conn = n1.connect("votequorum")
-    n1.request("votequorum", conn, vp.REQ_QDEVICE_REGISTER, vp.enc_qdevice_name(NAME))
+    assert "runtime.votequorum.qdevice_can_operate" not in c.nodes[1].cmap
+    register(c, 1)
+    n2 = c.nodes[2]
+    n2.vq.vq.config = attrs.evolve(n2.vq.vq.config, qdevice_can_operate=False)
+    conn = n2.connect("votequorum")
+    n2.request("votequorum", conn, vp.REQ_QDEVICE_REGISTER, vp.enc_qdevice_name(NAME))
     assert conn.responses[-1] == (vp.RES_STATUS, b"", 11)  # ACCESS

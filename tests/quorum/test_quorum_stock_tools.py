@@ -233,3 +233,17 @@ def test_cfgtool_shutdown_against_our_services() -> None:
         server.stop()
     assert server.proc.stdout is not None
     assert server.proc.stdout.read().count(b"shutdown: cfg shutdown\n") == 4
+
+
+def test_raw_protocol_answers_same_as_debian(our_server, real_corosync) -> None:  # noqa: F811
+    """Response ids, errors and sizes and the events each request causes, request by request
+    (tests/quorum/qprobe.py), against Debian's corosync and against our services."""
+    import json
+
+    probe = [sys.executable, str(HERE / "qprobe.py")]
+    ours, theirs = our_server.run(*probe), real_corosync.run(*probe)
+    assert ours.returncode == 0 and theirs.returncode == 0, (ours.stderr, theirs.stderr)
+    o, t = json.loads(ours.stdout), json.loads(theirs.stdout)
+    assert len(o) == len(t)
+    for a, b in zip(o, t):
+        assert a == b

@@ -248,7 +248,7 @@ def test_qdevice_nodeinfo_from_unknown_sender_is_refused():
 
 
 def test_qdevice_votes_count_when_cast():
-    m = Model(2, expected_votes=3, qdevice_votes=1, qdevice_can_operate=True)
+    m = Model(2, expected_votes=3, qdevice_votes=1, have_qdevice=True)
     for q in m.q.values():
         q.us.flags |= NodeFlag.QDEVICE_REGISTERED | NodeFlag.QDEVICE_ALIVE | NodeFlag.QDEVICE_CAST_VOTE
     m.ring((1, 2))
@@ -285,7 +285,8 @@ def test_read_config_nodelist_and_expected():
     c = _cfg({"quorum.two_node": 1, "quorum.wait_for_all": 0}, nodes=2)
     assert c.two_node and not c.wait_for_all
     c = _cfg({"quorum.device.model": "net"}, nodes=2)
-    assert (c.qdevice_votes, c.expected_votes, c.qdevice_can_operate) == (1, 3, True)
+    assert (c.qdevice_votes, c.expected_votes, c.have_qdevice) == (1, 3, True)
+    assert _cfg({}).qdevice_can_operate and not _cfg({}).have_qdevice
     c = _cfg({"quorum.allow_downscale": 1})
     assert c.ev_tracking
 
