@@ -11,10 +11,9 @@ Gaps the simulator found (see docs/corosync-sim.md), pinned below by seed:
 3. at 16 nodes, post-heal convergence can exceed the derived bound (still open: the
    soak tolerates ``convergence-time`` only).
 
-The totempg fix (TotemPg rewriting its held packets at a change through
-``Srp.take_held``/``Srp.hold``) was landing while these tests were written; ``FIXED``
-detects it.  Without it, fault runs also tolerate the kinds of gap 1 and the pinned
-seeds are strict xfails; with it, they are plain regression tests.
+Gaps 1 and 2 are fixed in exec/totem/pg.py (TotemPg rewrites its held packets at a
+change through ``Srp.take_held``/``Srp.hold``, and purges leavers again at the REGULAR
+change); their seeds below are plain regression tests.
 """
 
 import pytest
@@ -26,15 +25,11 @@ pytest.importorskip("corosync.exec.totem.pg")
 
 from corosync.exec.sim import (Crash, Delay, Duplicate, Leave, LoadParams, Loss, OneWay,  # noqa: E402
                                Partition, Pause, Reorder, SimConfig, run)
-from corosync.exec.totem.srp import Srp  # noqa: E402
-
-FIXED = hasattr(Srp, "take_held")
 # Gap 3 is not closed by the totempg fix: e.g. 16 nodes, seed 0, 500 faults, interval
 # 300 ms still converges 7.1 s after the heal (bound 5.8 s).  Late convergence stays
 # tolerated in the soak (one final ring of all nodes is still required: "membership").
 SLOW = frozenset({"convergence-time"})
-TOLERATED = SLOW if FIXED else SLOW | {"virtual-synchrony", "safe-no-loss"}
-gap = pytest.mark.xfail(not FIXED, strict=True, reason="totempg gap before its fix")
+TOLERATED = SLOW
 
 
 def assert_everyone_got_everything_after_formation(r, nodes):
@@ -135,7 +130,6 @@ def test_soak_sixteen_nodes(chunk):
         assert len(r.trace.sent) > 1000
 
 
-@gap
 def test_fragments_straddling_a_change_with_joiners_are_delivered_by_all_or_none():
     # these seeds used to show nodes that joined mid-message missing a message the old
     # members delivered (virtual-synchrony, safe-no-loss)
@@ -144,14 +138,12 @@ def test_fragments_straddling_a_change_with_joiners_are_delivered_by_all_or_none
         assert_clean(r, seed)
 
 
-@gap
 def test_sixteen_nodes_seed_that_used_to_converge_late():
     r = run(SimConfig(nodes=16, seed=11, faults=SOAK_FAULTS, duration=50_000,
                       load=LoadParams(interval=200)))
     assert_clean(r, 11)
 
 
-@gap
 def test_sender_restarting_mid_message_leaves_no_stale_reassembly():
     r = run(SimConfig(nodes=5, seed=7, faults=20))
     assert_clean(r, 7)
