@@ -1,11 +1,14 @@
 """Sends a fixed list of raw quorum/votequorum/cfg requests and prints, per request, the
-response id, error and size, then the ids/errors/sizes of the events it caused — as JSON.
+response id, error, size and decoded fields (ring ids left out), then the same for the events
+it caused — as JSON.
 Run against Debian's corosync and against our services, the two outputs must be equal."""
 
 from __future__ import annotations
 
 import json
 import sys
+
+import attrs
 
 from corosync.lib.ipc import IpcClient
 from corosync.lib.proto import cfg as cp
@@ -55,6 +58,38 @@ PROBES: list[tuple[str, int, bytes]] = [
 ]
 
 
+#: decoders of response/event bodies, by (service, message id); ring ids are left out
+#: (they differ between daemons), everything else is compared field by field
+DECODERS = {
+    ("quorum", qp.RES_GETQUORATE): lambda b: qp.decode_u32(b, "q"),
+    ("quorum", qp.RES_GETTYPE): lambda b: qp.decode_u32(b, "q"),
+    ("quorum", qp.RES_MODEL_GETTYPE): lambda b: qp.decode_u32(b, "q"),
+    ("quorum", qp.EV_NOTIFICATION): qp.Notification.decode,
+    ("quorum", qp.EV_V1_QUORUM_NOTIFICATION): qp.V1QuorumNotification.decode,
+    ("quorum", qp.EV_V1_NODELIST_NOTIFICATION): qp.V1NodelistNotification.decode,
+    ("votequorum", vp.RES_GETINFO): vp.NodeInfo.decode,
+    ("votequorum", vp.EV_QUORUM_NOTIFICATION): vp.QuorumNotification.decode,
+    ("votequorum", vp.EV_NODELIST_NOTIFICATION): vp.NodelistNotification.decode,
+    ("cfg", cp.RES_LOCAL_GET): lambda b: cp.dec_u32(b, "c"),
+    ("cfg", cp.RES_GET_NODE_ADDRS): cp.GetNodeAddrsResponse.decode,
+    ("cfg", cp.RES_RINGSTATUSGET): cp.RingStatus.decode,
+    ("cfg", cp.RES_NODESTATUSGET): cp.NodeStatus.decode,
+}
+
+
+def summary(service: str, msg_id: int, error: int, body: bytes) -> object:
+    fn = DECODERS.get((service, msg_id))
+    if fn is None or error != 1:
+        return None
+    value = fn(body)
+    if attrs.has(type(value)):
+        fields = attrs.asdict(value)
+        for key in ("ring_seq", "ring_nodeid"):
+            fields.pop(key, None)
+        return {k: (v.hex() if isinstance(v, bytes) else v) for k, v in fields.items()}
+    return value
+
+
 def main() -> None:
     clients = {name: IpcClient.connect(name) for name in ("quorum", "votequorum", "cfg")}
     out = []
@@ -64,12 +99,13 @@ def main() -> None:
             rid, err, payload = c.request(req, body, 10)
             events = []
             while (ev := c.recv_event(0.02)) is not None:  # events precede the response
-                events.append([ev[0], ev[1], len(ev[2])])
-            out.append([service, req, rid, err, len(payload), events])
+                events.append([ev[0], ev[1], len(ev[2]), summary(service, ev[0], ev[1], ev[2])])
+            out.append([service, req, rid, err, len(payload), summary(service, rid, err, payload),
+                        events])
     finally:
         for c in clients.values():
             c.close()
-    json.dump(out, sys.stdout)
+    json.dump(out, sys.stdout, default=lambda o: o.hex() if isinstance(o, bytes) else str(o))
 
 
 if __name__ == "__main__":
