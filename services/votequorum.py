@@ -19,6 +19,10 @@ Only active when ``quorum.provider`` is ``corosync_votequorum`` (like corosync, 
 not load the engine otherwise): a disabled instance has no IPC name, no sync participation
 and ignores service-5 messages.
 
+With expected-votes tracking (``quorum.expected_votes_tracking`` or ``allow_downscale``)
+the highest expected votes seen is kept in ``<state dir>/ev_tracking`` (4 bytes, native
+order) like corosync, so a restarted node does not come back with a lower value.
+
 Timers (last-man-standing window, qdevice poll timeout) need a host timer: if the host API
 offers ``timer_add(ms, callback) -> handle`` and ``timer_del(handle)`` they are used;
 otherwise the window never expires (LMS never downscales) and a qdevice stays "alive" until
@@ -27,6 +31,7 @@ it unregisters or its connection closes — stated in docs/service-votequorum.md
 
 from __future__ import annotations
 
+import os
 import re
 import struct
 from typing import Any
@@ -150,7 +155,9 @@ class VotequorumService(Service):
             raise
         for warning in config.warnings:
             self._log(LogLevel.WARNING, warning)
-        self.vq = VoteQuorum(api.nodeid, config)
+        self._ev_written: int | None = None
+        barrier = self._load_ev_barrier() if config.ev_tracking else 0
+        self.vq = VoteQuorum(api.nodeid, config, ev_tracking_barrier=barrier)
         self.link = quorum_link(api)
         self.link.provider = self
         cm = api.cmap
@@ -186,6 +193,43 @@ class VotequorumService(Service):
         positions = sorted({int(m.group(1)) for key, _ in self.api.cmap.iter_prefix("nodelist.node.")
                             if (m := _NODE_KEY.match(key))})
         return positions.index(int(pos)) if int(pos) in positions else None
+
+    # ------------------------------------------------------------------ ev tracking file
+    def _ev_path(self) -> str:
+        """``<state dir>/ev_tracking``: the host's ``state_dir`` if it offers one, else
+        cmap ``system.state_dir``, else corosync's default /var/lib/corosync."""
+        base = getattr(self.api, "state_dir", None) or self.api.cmap.get(
+            "system.state_dir", None) or "/var/lib/corosync"
+        return os.path.join(str(base), "ev_tracking")
+
+    def _load_ev_barrier(self) -> int:
+        """The highest expected votes ever seen (expected-votes tracking survives restarts).
+        A missing or short file counts as 0 and is (re)created, as corosync does."""
+        path = self._ev_path()
+        try:
+            with open(path, "rb") as f:
+                raw = f.read(4)
+            if len(raw) == 4:
+                self._ev_written = struct.unpack("<I", raw)[0]
+                return self._ev_written
+        except OSError:
+            pass
+        self._store_ev_barrier(0)
+        return 0
+
+    def _store_ev_barrier(self, value: int) -> None:
+        path = self._ev_path()
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o700)
+            try:
+                os.write(fd, struct.pack("<I", value))
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+            self._ev_written = value
+        except OSError as exc:
+            self._log(LogLevel.WARNING, f"Unable to update ev_tracking_barrier on disk data!!! "
+                                        f"({path}: {exc.strerror})")
 
     # ------------------------------------------------------------------ runtime config
     def _config_changed(self, event: Any, key: str, new: Any, old: Any) -> None:
@@ -272,6 +316,8 @@ class VotequorumService(Service):
         if vq.config.ev_tracking:
             cm.set("runtime.votequorum.ev_tracking_barrier", vq.ev_tracking_barrier,
                    CmapType.UINT32)
+            if vq.ev_tracking_barrier != self._ev_written:
+                self._store_ev_barrier(vq.ev_tracking_barrier)
 
     def _drain(self) -> None:
         """Act on what the last event changed: logs, notifications, cmap."""

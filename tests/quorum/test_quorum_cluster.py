@@ -311,3 +311,32 @@ def test_startup_logs_and_refused_configurations():
     other.set("quorum.provider", "corosync_ykd", CmapType.STRING)
     with pytest.raises(ValueError, match="Invalid quorum provider"):
         ServiceHost(1, other, lambda g, m, q: None, services=[QuorumService])
+
+
+def test_expected_votes_tracking_survives_restart(tmp_path):
+    import struct as st
+
+    from corosync.exec.cmap import CmapType
+    from corosync.exec.host import ServiceHost
+    from corosync.services.quorum import QuorumService
+    from corosync.services.votequorum import VotequorumService
+    from qsim import make_cmap
+
+    def host(expected: int) -> ServiceHost:
+        cm = make_cmap(1, 3, {"quorum.provider": "corosync_votequorum",
+                              "quorum.expected_votes_tracking": 1,
+                              "quorum.expected_votes": expected})
+        cm.set("system.state_dir", str(tmp_path), CmapType.STRING)
+        return ServiceHost(1, cm, lambda g, m, q: None,
+                           services=[VotequorumService, QuorumService])
+
+    h = host(5)
+    assert (tmp_path / "ev_tracking").read_bytes() == st.pack("<I", 5)
+    assert h.services[5].vq.us.expected_votes == 5
+    h = host(3)  # configured lower after a restart: the barrier keeps 5
+    assert h.services[5].vq.us.expected_votes == 5
+    assert h.cmap.get("runtime.votequorum.ev_tracking_barrier") == 5
+    (tmp_path / "ev_tracking").write_bytes(b"\x01")  # short file counts as 0
+    h = host(3)
+    assert h.services[5].vq.us.expected_votes == 3
+    assert (tmp_path / "ev_tracking").read_bytes() == st.pack("<I", 3)
