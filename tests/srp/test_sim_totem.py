@@ -25,11 +25,15 @@ pytest.importorskip("corosync.exec.totem.pg")
 
 from corosync.exec.sim import (Crash, Delay, Duplicate, Leave, LoadParams, Loss, OneWay,  # noqa: E402
                                Partition, Pause, Reorder, SimConfig, run)
-# Gap 3 is not closed by the totempg fix: e.g. 16 nodes, seed 0, 500 faults, interval
-# 300 ms still converges 7.1 s after the heal (bound 5.8 s).  Late convergence stays
-# tolerated in the soak (one final ring of all nodes is still required: "membership").
-SLOW = frozenset({"convergence-time"})
-TOLERATED = SLOW
+from corosync.exec.sim.cluster import convergence_bound  # noqa: E402
+from corosync.exec.totem.config import derive  # noqa: E402
+# Gap 3 (open, srp): after a 500-fault storm a 16-node ring can take longer than the
+# derived bound to converge (e.g. seed 0, interval 300 ms: 7.1 s after the heal against
+# 5.8 s): nodes only adopt failed lists from members of their own old ring, so rings
+# from different partitions settle through successive consensus timeouts.  The storm
+# soak therefore checks convergence against twice the derived bound — still a hard,
+# finite bound — and every other run against the derived one.
+SOAK_BOUND = 2 * convergence_bound(derive(16, token=400, token_coefficient=25))
 
 
 def assert_everyone_got_everything_after_formation(r, nodes):
@@ -114,7 +118,7 @@ def fault(draw):
 def test_hypothesis_fault_schedules(schedule, seed):
     r = run(SimConfig(nodes=NODES, seed=seed, schedule=schedule, duration=5000,
                       load=LoadParams(interval=80)))
-    assert_clean(r, seed, allow=TOLERATED)
+    assert_clean(r, seed)
 
 
 SOAK_RUNS = 20
@@ -125,8 +129,8 @@ SOAK_FAULTS = 500  # 20 × 500 = 10,000 faults on 16 nodes
 def test_soak_sixteen_nodes(chunk):
     for seed in range(chunk * SOAK_RUNS // 4, (chunk + 1) * SOAK_RUNS // 4):
         r = run(SimConfig(nodes=16, seed=seed, faults=SOAK_FAULTS, duration=50_000,
-                          load=LoadParams(interval=300)))
-        assert_clean(r, seed, allow=TOLERATED)
+                          load=LoadParams(interval=300), bound=SOAK_BOUND))
+        assert_clean(r, seed)
         assert len(r.trace.sent) > 1000
 
 
