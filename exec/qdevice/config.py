@@ -124,6 +124,17 @@ def config_from_keys(keys: Mapping[str, Any], node_id: int) -> QdeviceConfig:
     if ip_version not in (0, 4, 6):
         raise QdeviceConfigError("quorum.device.net.force_ip_version", "must be 0, 4 or 6")
     version = _text(keys, "totem.config_version")
+    h = "quorum.device.heuristics."
+    mode_text = (_text(keys, h + "mode") or "off").lower()
+    modes = {"off": 0, "on": 1, "sync": 2}
+    if mode_text not in modes:
+        raise QdeviceConfigError(h + "mode", f"{mode_text!r} is not off/on/sync")
+    execs = tuple(sorted((k[len(h) + 5:], str(v)) for k, v in keys.items()
+                         if k.startswith(h + "exec_") and str(v).strip()))
+
+    def _opt_ms(name: str) -> Optional[int]:
+        return _int(keys, h + name, 0, 1, 2**31 - 1) if _text(keys, h + name) else None
+
     return QdeviceConfig(
         cluster_name=cluster.encode(), node_id=node_id, host=host,
         port=_int(keys, "quorum.device.net.port", 5403, 1, 65535), tls=tls,
@@ -134,6 +145,10 @@ def config_from_keys(keys: Mapping[str, Any], node_id: int) -> QdeviceConfig:
             keys, "quorum.device.net.keep_active_partition_tie_breaker", True),
         wait_for_all=_bool(keys, "quorum.wait_for_all", False),
         force_ip_version=ip_version,
+        heuristics_mode=modes[mode_text], heuristics_execs=execs,
+        heuristics_timeout_ms=_opt_ms("timeout"),
+        heuristics_sync_timeout_ms=_opt_ms("sync_timeout"),
+        heuristics_interval_ms=_opt_ms("interval"),
         config_nodes=nodes, config_version=int(version) if version else None)
 
 

@@ -20,8 +20,10 @@ votequorum events and timers.  With the clock and the events outside, a test can
 server side of a Debian capture with the capture's own timestamps and compare our client's
 bytes with the stock client's, message by message.
 
-Heuristics are not implemented: the client behaves as the stock one with heuristics
-``mode: off`` (result "Undefined", no heuristics TLV, no HEURISTICS_CHANGE).
+Heuristics: with ``mode: off`` (the default, and what every capture shows) the result is
+"Undefined" and no heuristics TLV is sent.  Otherwise the core asks the driver to run the
+commands (:class:`RunHeuristics`) on membership changes, after connect and every interval
+(mode ``on``), and the lists / HEURISTICS_CHANGE carry the result.
 """
 
 from __future__ import annotations
@@ -126,6 +128,15 @@ class Poll:
 
 
 @frozen
+class RunHeuristics:
+    """Run the configured ``exec_*`` commands (all must exit 0 to pass) within
+    ``timeout_ms``, then call :meth:`QdeviceNet.on_heuristics_result` with ``seq``."""
+
+    seq: int
+    timeout_ms: int
+
+
+@frozen
 class Exit:
     reason: str
 
@@ -136,7 +147,10 @@ class Log:
     text: str
 
 
-Action = Union[Connect, Send, StartTls, Close, Poll, Exit, Log]
+Action = Union[Connect, Send, StartTls, Close, Poll, RunHeuristics, Exit, Log]
+
+HEURISTICS_OFF, HEURISTICS_ON, HEURISTICS_SYNC = 0, 1, 2
+HEURISTICS_MODE_TEXT = {0: "Disabled", 1: "Enabled", 2: "Enabled only on sync"}
 
 LOG_ERR, LOG_WARNING, LOG_NOTICE, LOG_INFO, LOG_DEBUG = 3, 4, 5, 6, 7
 
@@ -172,6 +186,13 @@ class QdeviceConfig:
     sync_timeout_ms: int = 30000  # quorum.device.sync_timeout
     connect_timeout_ms: Optional[int] = None  # default: the heartbeat interval
     force_ip_version: int = 0  # 0: any address family, 4 or 6: only that one
+    # quorum.device.heuristics: mode off/on/sync, the exec_* commands, timers (ms; None =
+    # the stock defaults timeout/2, sync_timeout/2, timeout*3)
+    heuristics_mode: int = HEURISTICS_OFF
+    heuristics_execs: tuple[tuple[str, str], ...] = ()
+    heuristics_timeout_ms: Optional[int] = None
+    heuristics_sync_timeout_ms: Optional[int] = None
+    heuristics_interval_ms: Optional[int] = None
     keep_active_partition_tie_breaker: bool = True
     wait_for_all: bool = False
     config_nodes: tuple[NodeInfo, ...] = ()
@@ -188,6 +209,22 @@ class QdeviceConfig:
     @property
     def cast_vote_interval_ms(self) -> int:
         return int(self.timeout_ms * 0.5)
+
+    @property
+    def heur_timeout_ms(self) -> int:
+        return self.heuristics_timeout_ms or self.timeout_ms // 2
+
+    @property
+    def heur_sync_timeout_ms(self) -> int:
+        return self.heuristics_sync_timeout_ms or self.sync_timeout_ms // 2
+
+    @property
+    def heur_interval_ms(self) -> int:
+        return self.heuristics_interval_ms or self.timeout_ms * 3
+
+    @property
+    def heuristics_enabled(self) -> bool:
+        return self.heuristics_mode != HEURISTICS_OFF and bool(self.heuristics_execs)
 
     @property
     def connect_ms(self) -> int:
@@ -234,6 +271,15 @@ class QdeviceNet:
         self.connected_since: Optional[float] = None
         self.disconnect_reason: Optional[Reason] = None
         self.stats = {"decode_errors": 0, "ignored_votes": 0}
+        # heuristics: one outstanding run at a time, identified by seq; what it was for
+        self.server_supports_heuristics = False
+        self._heur_seq = 0
+        self._heur_purpose: dict[int, str] = {}
+        self.heur_due: Optional[float] = None  # regular run (mode on, while connected)
+        self.latest_heuristics = P.Heuristics.UNDEFINED
+        self.latest_regular_heuristics = P.Heuristics.UNDEFINED
+        self.latest_vq_heuristics = P.Heuristics.UNDEFINED
+        self.latest_connect_heuristics = P.Heuristics.UNDEFINED
 
     # ------------------------------------------------------------------ plumbing
     def take_actions(self) -> list[Action]:
@@ -251,7 +297,7 @@ class QdeviceNet:
         return self.msg_seq
 
     def next_deadline(self) -> Optional[float]:
-        dues = [d for d in (self.echo_due, self.reconnect_due, self.connect_due)
+        dues = [d for d in (self.echo_due, self.reconnect_due, self.connect_due, self.heur_due)
                 if d is not None]
         if self.vote_timer_due is not None and not self.vote_timer_paused:
             dues.append(self.vote_timer_due)
@@ -294,6 +340,16 @@ class QdeviceNet:
         """votequorum node list notification (the driver runs it first, then quorum ones)."""
         self.vq_ring_id = ring_id
         self.vq_nodes = tuple(nodes)
+        if self.cfg.heuristics_enabled:
+            # pause the vote timer, run the heuristics (sync timeout), then send the list
+            self.heur_due = None
+            if not self.connected and self.vote == Vote.ACK:
+                self._update_vote(Vote.NACK, now)
+            self.vote_timer_paused = True
+            self._run_heuristics("membership", self.cfg.heur_sync_timeout_ms)
+            if self.state == State.WAITING_RING_ID:
+                self._start_connect(now)
+            return
         # the real client pauses the vote timer, then (heuristics disabled: at once) sends the
         # membership list and resumes with WAIT_FOR_REPLY; offline an ACK decays to NACK
         if self.connected:
@@ -365,6 +421,8 @@ class QdeviceNet:
         self.disconnect_reason = reason
         self.echo_due = None
         self.connect_due = None
+        self.heur_due = None
+        self._heur_purpose = {k: v for k, v in self._heur_purpose.items() if v == "membership"}
         self.tls_active = False
         self.connected_since = None
         self.vote_timer_paused = False
@@ -398,6 +456,9 @@ class QdeviceNet:
             self._start_connect(now)
         if self.echo_due is not None and now >= self.echo_due:
             self._echo_tick(now)
+        if self.heur_due is not None and now >= self.heur_due:
+            self.heur_due = None
+            self._run_heuristics("regular", self.cfg.heur_timeout_ms)
         if self.vote_timer_running and self.vote_timer_due is not None \
                 and now >= self.vote_timer_due:
             self.vote_timer_due += self.cfg.cast_vote_interval_ms / 1000
@@ -422,11 +483,12 @@ class QdeviceNet:
         self._send(P.build_node_list(self._next_seq(), list_type, self.cfg.config_nodes,
                                      config_version=self.cfg.config_version))
 
-    def _send_membership(self) -> None:
+    def _send_membership(self, heuristics: int = P.Heuristics.UNDEFINED) -> None:
         assert self.vq_ring_id is not None
         self.last_sent_ring_id = self.vq_ring_id
         self._send(P.build_node_list(self._next_seq(), P.NodeListType.MEMBERSHIP,
-                                     [NodeInfo(n) for n in self.vq_nodes], ring=self.vq_ring_id))
+                                     [NodeInfo(n) for n in self.vq_nodes], ring=self.vq_ring_id,
+                                     heuristics=heuristics))
 
     def _send_quorum(self) -> None:
         nodes = [NodeInfo(n, node_state=s) for n, s in self.vq_quorum_nodes
@@ -534,21 +596,78 @@ class QdeviceNet:
             self._disconnected(Reason.INCOMPATIBLE_SIZES, now)
             return
         self.server_supports_kap = P.Opt.KEEP_ACTIVE_PARTITION_TIE_BREAKER in msg.supported_options
+        self.server_supports_heuristics = P.Opt.HEURISTICS in msg.supported_options
+        if self.cfg.heuristics_enabled and not self.server_supports_heuristics:
+            self._log(LOG_ERR, "Heuristics are enabled but the server doesn't support them")
+            self._disconnected(Reason.REQUIRED_OPTION_MISSING, now)
+            return
         # echo timer: counter reset, first ECHO_REQUEST (seq 1) one interval later
         self.echo_seq = self.echo_reply_seq = 0
         self.echo_due = now + self.cfg.heartbeat_ms / 1000
         self._log(LOG_DEBUG, f"Scheduling send of heartbeat every {self.cfg.heartbeat_ms}ms")
-        # connect heuristics (disabled -> Undefined), then the lists, in the stock order
+        if self.cfg.heuristics_mode == HEURISTICS_ON and self.cfg.heuristics_execs:
+            # after-connect heuristics; the lists follow when the result is in
+            self._log(LOG_DEBUG, "Executing after-connect heuristics.")
+            self._run_heuristics("connect", self.cfg.heur_timeout_ms)
+            return
+        self._connected(P.Heuristics.UNDEFINED, now)
+
+    def _connected(self, heuristics: int, now: float) -> None:
+        """After the connect heuristics: options and the three lists, in the stock order."""
         if self.server_supports_kap:
             self._send(P.build_set_option(self._next_seq(),
                                           kap=int(self.cfg.keep_active_partition_tie_breaker)))
         self._send_config()
-        self._send_membership()
+        self._send_membership(heuristics)
         self._send_quorum()
         self.state = State.CONNECTED
         self.connect_due = None
         self.connected_since = now
         self._update_vote(Vote.WAIT_FOR_REPLY, now)
+        self.latest_connect_heuristics = self.latest_heuristics = heuristics
+        self._schedule_regular_heuristics(now)
+
+    # ------------------------------------------------------------------ heuristics
+    def _run_heuristics(self, purpose: str, timeout_ms: int) -> None:
+        self._heur_seq += 1
+        # a newer run supersedes an older one of the same purpose
+        self._heur_purpose = {k: v for k, v in self._heur_purpose.items() if v != purpose}
+        self._heur_purpose[self._heur_seq] = purpose
+        self._actions.append(RunHeuristics(self._heur_seq, timeout_ms))
+
+    def _schedule_regular_heuristics(self, now: float) -> None:
+        if self.cfg.heuristics_mode == HEURISTICS_ON and self.cfg.heuristics_execs \
+                and self.connected:
+            self.heur_due = now + self.cfg.heur_interval_ms / 1000
+
+    def on_heuristics_result(self, seq: int, passed: bool, now: float) -> None:
+        purpose = self._heur_purpose.pop(seq, None)
+        if purpose is None:
+            return  # superseded or stale
+        result = P.Heuristics.PASS if passed else P.Heuristics.FAIL
+        self._log(LOG_DEBUG, f"Heuristics ({purpose}) result: {P.HEURISTICS_TEXT[result]}")
+        if purpose == "connect":
+            if self.state == State.WAITING_INIT_REPLY:
+                self._connected(result, now)
+        elif purpose == "membership":
+            self.latest_vq_heuristics = self.latest_heuristics = result
+            self.vote_timer_paused = False
+            if self.connected:
+                self._send_membership(result)
+                self._update_vote(Vote.WAIT_FOR_REPLY, now)
+            elif self.vote_timer_due is not None and self.vote_timer_due <= now:
+                self.vote_timer_due = now  # resume polling at once
+            self._schedule_regular_heuristics(now)
+        else:  # regular
+            if result != self.latest_heuristics:
+                self._log(LOG_NOTICE if result == P.Heuristics.PASS else LOG_ERR,
+                          f"Heuristics result changed from "
+                          f"{P.HEURISTICS_TEXT[self.latest_heuristics]} to "
+                          f"{P.HEURISTICS_TEXT[result]}")
+                if self.connected:
+                    self._send(P.build_heuristics_change(self._next_seq(), result))
+            self.latest_regular_heuristics = self.latest_heuristics = result
+            self._schedule_regular_heuristics(now)
 
     def _server_error(self, msg: P.Message, now: float) -> None:
         self._log(LOG_ERR, f"Received server error {msg.reply_error_code}")

@@ -13,6 +13,7 @@ import logging
 import os
 import ssl
 import struct
+import subprocess
 import time
 from typing import Any, Callable, Optional, Protocol
 
@@ -163,10 +164,38 @@ class QdeviceDriver:
             except Exception as exc:  # stale ring id etc.: logged, next poll will do
                 self.stats["poll_errors"] += 1
                 log.info("votequorum qdevice poll failed: %s", exc)
+        elif isinstance(act, C.RunHeuristics):
+            assert self._nursery is not None
+            self._nursery.start_soon(self._heuristics, act.seq, act.timeout_ms)
         elif isinstance(act, C.Exit):
             log.error("Giving up: %s", act.reason)
             self.exit_reason = act.reason
             self.stop(1)
+
+    async def _heuristics(self, seq: int, timeout_ms: int) -> None:
+        """All exec_* commands at once through /bin/sh; pass = every one exits 0 in time."""
+        results: dict[str, bool] = {}
+
+        async def one(name: str, command: str) -> None:
+            try:
+                proc = await trio.run_process(["/bin/sh", "-c", command], check=False,
+                                              stdin=subprocess.DEVNULL,
+                                              stdout=subprocess.DEVNULL,
+                                              stderr=subprocess.DEVNULL)
+                results[name] = proc.returncode == 0
+            except OSError as exc:
+                log.error("Can't execute heuristics %s: %s", name, exc)
+                results[name] = False
+
+        with trio.move_on_after(timeout_ms / 1000):
+            async with trio.open_nursery() as nursery:
+                for name, command in self.core.cfg.heuristics_execs:
+                    nursery.start_soon(one, name, command)
+        passed = len(results) == len(self.core.cfg.heuristics_execs) and all(results.values())
+        for name, _ in self.core.cfg.heuristics_execs:
+            if name not in results:
+                log.warning("Heuristics %s timed out", name)
+        self._event(None, lambda now: self.core.on_heuristics_result(seq, passed, now))
 
     def _drop_connection(self) -> None:
         self._gen += 1  # events of the old connection are stale from now on

@@ -12,9 +12,10 @@ import time
 from typing import Callable
 
 from corosync.exec.qnetd.ipc import lex_words
-from corosync.exec.qnetd.protocol import ALGORITHM_TEXT, TLS_SUPPORTED_TEXT, Algorithm, Vote
+from corosync.exec.qnetd.protocol import (ALGORITHM_TEXT, HEURISTICS_TEXT, TLS_SUPPORTED_TEXT,
+                                          Algorithm, Vote)
 
-from .core import QdeviceNet, State
+from .core import HEURISTICS_MODE_TEXT, HEURISTICS_OFF, QdeviceNet, State
 
 _VQ_STATE = {1: "member", 2: "dead", 3: "leaving"}
 
@@ -62,7 +63,7 @@ def format_status(q: QdeviceNet, verbose: bool, wall: Callable[[float], float]) 
         dc = f", Data center ID = {n.data_center_id}" if n.data_center_id else ""
         out.append(f"    {i}\tNode ID = {n.node_id}{dc}\n")
     if verbose:
-        out.append("Heuristics:\t\tDisabled\n")
+        out.append(f"Heuristics:\t\t{HEURISTICS_MODE_TEXT[c.heuristics_mode]}\n")
         rid = q.vq_ring_id
         out.append(f"Ring ID:\t\t{rid if rid is not None else '0.0'}\n")
     out.append("Membership node list:\t" + ", ".join(str(n) for n in q.vq_nodes) + "\n")
@@ -98,6 +99,13 @@ def format_status(q: QdeviceNet, verbose: bool, wall: Callable[[float], float]) 
         cast = " (cast vote)" if running and q.vote == Vote.ACK else ""
         out.append(f"Poll timer running:\t{'Yes' if running else 'No'}{cast}\n")
     out.append(f"State:\t\t\t{_state_text(q)}\n")
+    if c.heuristics_mode != HEURISTICS_OFF:
+        out.append(f"Heuristics result:\t{HEURISTICS_TEXT[q.latest_heuristics]}")
+        if verbose:
+            out.append(f" (regular: {HEURISTICS_TEXT[q.latest_regular_heuristics]}, "
+                       f"membership: {HEURISTICS_TEXT[q.latest_vq_heuristics]}, "
+                       f"connect: {HEURISTICS_TEXT[q.latest_connect_heuristics]})")
+        out.append("\n")
     if verbose and q.state == State.CONNECTED:
         out.append(f"TLS active:\t\t{'Yes' if q.tls_active else 'No'}"
                    f"{' (client certificate sent)' if q.tls_active and q.tls_cert_sent else ''}\n")

@@ -206,3 +206,76 @@ def test_hostile_server_input_never_crashes(messages):
         q.advance(1.0 + i)
     assert q.state in (C.State.CONNECTED, C.State.WAITING_RECONNECT, C.State.CONNECTING,
                        C.State.EXITED)
+
+
+def test_heuristics_sync_membership_flow():
+    """Heuristics on membership change: the vote timer pauses, the list waits for the result
+    and carries it; a stale result is ignored; connect heuristics gate the initial lists."""
+    cfg = C.QdeviceConfig(cluster_name=b"lab", node_id=1, host="q", tls=0,
+                          config_nodes=(P.NodeInfo(1), P.NodeInfo(2)),
+                          heuristics_mode=C.HEURISTICS_ON, heuristics_execs=(("a", "true"),))
+    q = C.QdeviceNet(cfg, rng=lambda n: 0)
+    q.on_vq_nodelist(RING, (1, 2), 0.0)
+    runs = [a for a in q.take_actions() if isinstance(a, C.RunHeuristics)]
+    assert [r.timeout_ms for r in runs] == [15000]  # sync_timeout / 2
+    q.on_connected(0.0)
+    q.on_message(P.build_preinit_reply(1, 0, 1), 0.0)
+    q.take_actions()
+    q.on_message(P.build_init_reply(0, 2, True, 32768, 32768), 0.0)
+    acts = q.take_actions()
+    connect_run = [a for a in acts if isinstance(a, C.RunHeuristics)][0]
+    assert not [a for a in acts if isinstance(a, C.Send)]  # lists wait for the result
+    q.on_heuristics_result(runs[0].seq, True, 0.1)  # membership run finishes first
+    assert not q.vote_timer_paused and q.state == C.State.WAITING_INIT_REPLY
+    q.on_heuristics_result(connect_run.seq, False, 0.2)
+    sent = [P.decode(a.data) for a in q.take_actions() if isinstance(a, C.Send)]
+    memb = [m for m in sent if m.node_list_type == P.NodeListType.MEMBERSHIP][0]
+    assert memb.heuristics == P.Heuristics.FAIL and q.state == C.State.CONNECTED
+    q.on_heuristics_result(connect_run.seq, True, 0.3)  # duplicate/stale: ignored
+    assert not q.take_actions()
+    # membership change while connected: paused until the result, then the list
+    q.on_vq_nodelist(P.RingId(1, 10), (1,), 1.0)
+    run = [a for a in q.take_actions() if isinstance(a, C.RunHeuristics)][0]
+    assert q.vote_timer_paused
+    q.on_heuristics_result(run.seq, True, 1.1)
+    sent = [P.decode(a.data) for a in q.take_actions() if isinstance(a, C.Send)]
+    assert sent[0].node_list_type == P.NodeListType.MEMBERSHIP
+    assert sent[0].heuristics == P.Heuristics.PASS and not q.vote_timer_paused
+    # the regular run (interval = timeout * 3) reports a change with HEURISTICS_CHANGE
+    q.advance(1.1 + 30.0)  # rescheduled after the membership run
+    reg = [a for a in q.take_actions() if isinstance(a, C.RunHeuristics)]
+    assert reg
+    q.on_heuristics_result(reg[-1].seq, False, 31.2)
+    sent = [P.decode(a.data) for a in q.take_actions() if isinstance(a, C.Send)]
+    assert [(m.type, m.heuristics) for m in sent if m.type == P.MsgType.HEURISTICS_CHANGE] == \
+        [(P.MsgType.HEURISTICS_CHANGE, P.Heuristics.FAIL)]
+
+
+def test_heuristics_need_server_support():
+    cfg = C.QdeviceConfig(cluster_name=b"lab", node_id=1, host="q", tls=0,
+                          heuristics_mode=C.HEURISTICS_SYNC, heuristics_execs=(("a", "true"),))
+    q = C.QdeviceNet(cfg, rng=lambda n: 0)
+    q.on_vq_nodelist(RING, (1,), 0.0)
+    q.on_connected(0.0)
+    q.on_message(P.build_preinit_reply(1, 0, 1), 0.0)
+    reply = P.Builder(P.MsgType.INIT_REPLY).u16(P.Opt.REPLY_ERROR_CODE, 0)
+    reply.u16_array(P.Opt.SUPPORTED_MESSAGES, P.ALL_MESSAGE_TYPES)
+    reply.u16_array(P.Opt.SUPPORTED_OPTIONS, range(22)).seq(2)
+    reply.u32(P.Opt.SERVER_MAXIMUM_REQUEST_SIZE, 32768).u32(P.Opt.SERVER_MAXIMUM_REPLY_SIZE, 32768)
+    reply.u16_array(P.Opt.SUPPORTED_DECISION_ALGORITHMS, P.ALL_ALGORITHMS)
+    q.on_message(reply.finish(), 0.0)
+    assert q.state == C.State.EXITED
+
+
+def test_heuristics_config():
+    keys = {**BASE_KEYS, "quorum.device.heuristics.mode": "sync",
+            "quorum.device.heuristics.exec_ping": "ping -c1 gw",
+            "quorum.device.heuristics.exec_disk": "test -d /srv",
+            "quorum.device.heuristics.interval": "5000"}
+    cfg = config_from_keys(keys, 1)
+    assert cfg.heuristics_mode == C.HEURISTICS_SYNC
+    assert cfg.heuristics_execs == (("disk", "test -d /srv"), ("ping", "ping -c1 gw"))
+    assert (cfg.heur_interval_ms, cfg.heur_timeout_ms, cfg.heur_sync_timeout_ms) == \
+        (5000, 5000, 15000)
+    with pytest.raises(QdeviceConfigError):
+        config_from_keys({**BASE_KEYS, "quorum.device.heuristics.mode": "maybe"}, 1)

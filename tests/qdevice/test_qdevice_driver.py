@@ -195,3 +195,67 @@ async def test_force_ip_version(qnetd_factory, tmp_path, version, host, prefix):
         r = await trio.to_thread.run_sync(_tool, tmp_path / "qd.sock", "-s", "-v")
         assert f"Force IP version:\t{version}\n" in r.stdout.decode()
         d.stop()
+
+
+def _hnode(node_id: int, port: int, tmp: Path, command: str, mode: int, **kw):
+    cfg = C.QdeviceConfig(cluster_name=b"lab", node_id=node_id, host="127.0.0.1", port=port,
+                          tls=0, timeout_ms=2000, config_nodes=NODES, heuristics_mode=mode,
+                          heuristics_execs=(("check", command),), **kw)
+    vq = FakeVotequorum()
+    drv = QdeviceDriver(C.QdeviceNet(cfg), vq, socket_path=str(tmp / f"qdevice{node_id}.sock"))
+    return vq, drv
+
+
+@pytest.mark.parametrize("server", ["ours", "debian"])
+async def test_heuristics_decide_a_50_50_split(qnetd_factory, tmp_path, server):
+    """mode sync: node 1 fails its heuristics, node 2 passes. In a 50:50 split the passing
+    partition wins although the tie-breaker (lowest id) would pick node 1."""
+    if server == "debian" and not os.path.exists(DEBIAN_QNETD):
+        pytest.skip("Debian corosync-qnetd not installed")
+    qn = qnetd_factory(DEBIAN_QNETD if server == "debian" else None)
+    vq1, d1 = _hnode(1, qn.port, tmp_path, "exit 1", C.HEURISTICS_SYNC)
+    vq2, d2 = _hnode(2, qn.port, tmp_path, "true", C.HEURISTICS_SYNC)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(d1.run)
+        await nursery.start(d2.run)
+        ring = P.RingId(1, 8)
+        vq1.membership(ring, (1, 2))
+        vq2.membership(ring, (1, 2))
+        await wait_until(lambda: vq1.last_vote() and vq2.last_vote(), 10, "both ACK")
+        r1, r2 = P.RingId(1, 12), P.RingId(2, 12)
+        vq1.membership(r1, (1,))
+        vq2.membership(r2, (2,))
+        await wait_until(lambda: vq2.polls[-1][2] == r2 and vq2.last_vote() is True
+                         and not vq1.last_vote(), 10, "node 2 wins on heuristics")
+        r = await trio.to_thread.run_sync(_tool, tmp_path / "qdevice1.sock", "-s", "-v")
+        out = r.stdout.decode()
+        assert "Heuristics:\t\tEnabled only on sync\n" in out
+        assert ("Heuristics result:\tFail (regular: Undefined, membership: Fail, "
+                "connect: Undefined)\n") in out
+        d1.stop()
+        d2.stop()
+
+
+async def test_regular_heuristics_change_is_sent(qnetd_factory, tmp_path):
+    """mode on: connect heuristics, then a regular run every interval; a changed result is
+    sent as HEURISTICS_CHANGE and shows up in the qnetd's view of the client."""
+    qn = qnetd_factory()
+    flag = tmp_path / "healthy"
+    vq, d = _hnode(1, qn.port, tmp_path, f"test -e {flag}", C.HEURISTICS_ON,
+                   heuristics_interval_ms=200)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(d.run)
+        vq.membership(P.RingId(1, 3), (1,))
+        await wait_until(lambda: d.core.connected and d.core.latest_connect_heuristics
+                         == P.Heuristics.FAIL, 10, "connected with failing heuristics")
+        flag.write_text("")
+        await wait_until(lambda: d.core.latest_regular_heuristics == P.Heuristics.PASS, 10,
+                         "regular heuristics pass")
+
+        def qnetd_view() -> bytes:
+            return subprocess.run([sys.executable, "-m", "corosync.tools.qnetd_tool", "-p",
+                                   str(qn.sock), "-l", "-v"], capture_output=True).stdout
+
+        await wait_until(lambda: b"Heuristics:\t\tPass (membership: Fail, regular: Pass)\n"
+                         in qnetd_view(), 10, "qnetd got HEURISTICS_CHANGE")
+        d.stop()
