@@ -120,6 +120,8 @@ class VotequorumService(Service):
         self.qdevice_reg_conn: Any = None
         self._lms_timer: Any = None
         self._qdevice_timer: Any = None
+        #: a registered, alive device must poll with the new ring id before our sync ends
+        self._sync_wait_poll = False
         if not self.enabled:
             # corosync does not load the engine: nothing to serve, nothing to sync
             self.ipc_name = None  # type: ignore[misc]
@@ -389,6 +391,7 @@ class VotequorumService(Service):
         self._qdevice_timer = None
         vq = self.vq
         assert vq is not None
+        self._sync_wait_poll = False
         if vq.us.flags & NodeFlag.QDEVICE_ALIVE:
             vq.us.flags &= ~(NodeFlag.QDEVICE_ALIVE | NodeFlag.QDEVICE_CAST_VOTE)
             self._log(LogLevel.INFO, f"lost contact with quorum device {self.qdevice_name}")
@@ -403,6 +406,18 @@ class VotequorumService(Service):
         if self.vq.sync_init(member_list):
             self._timer_del(self._lms_timer)
             self._lms_timer = self._timer_add(self.vq.config.lms_window_ms, self._lms_fired)
+        flags = self.vq.us.flags
+        self._sync_wait_poll = False
+        if (flags & NodeFlag.QDEVICE_REGISTERED and flags & NodeFlag.QDEVICE_ALIVE
+                and getattr(self.api, "timer_add", None) is not None):
+            # the device must vote for the new membership (or time out) before sync ends;
+            # without a host timer we could wait forever, so then we do not wait
+            timeout = int(self.api.cmap.get("quorum.device.sync_timeout", 30_000))
+            self._timer_del(self._qdevice_timer)
+            self._qdevice_timer = self._timer_add(timeout, self._qdevice_timeout)
+            self._sync_wait_poll = True
+            self._log(LogLevel.INFO, f"waiting for quorum device {self.qdevice_name} poll "
+                                     f"(but maximum for {timeout} ms)")
 
     def sync_process(self) -> bool:
         # own NODEINFO strictly before the qdevice one (a real node asserts otherwise);
@@ -414,6 +429,9 @@ class VotequorumService(Service):
                 self._send(encode_qdevice_reg(QDEVICE_OP_REGISTER, self.qdevice_name))
             self._notify_nodelist()
             self._sync_stage = 1
+        if self._sync_wait_poll and self.vq is not None and \
+                self.vq.us.flags & NodeFlag.QDEVICE_REGISTERED:
+            return False
         # the sync barrier must not overtake our NODEINFOs still waiting for queue room
         return not self._pending
 
@@ -629,6 +647,7 @@ class VotequorumService(Service):
             return
         self._timer_del(self._qdevice_timer)
         self._qdevice_timer = None
+        self._sync_wait_poll = False
         vq.us.flags &= ~(NodeFlag.QDEVICE_REGISTERED | NodeFlag.QDEVICE_ALIVE
                          | NodeFlag.QDEVICE_CAST_VOTE | NodeFlag.QDEVICE_MASTER_WINS)
         self._send_nodeinfo(self.api.nodeid)
@@ -677,6 +696,9 @@ class VotequorumService(Service):
             self._send_nodeinfo(self.api.nodeid)
         timeout = int(self.api.cmap.get("quorum.device.timeout", 10_000))
         self._qdevice_timer = self._timer_add(timeout, self._qdevice_timeout)
+        if self._sync_wait_poll:
+            self._sync_wait_poll = False
+            self._timer_add(0, lambda: None)  # the host pumps sync after a timer callback
         self._status(conn)
 
     def _lib_qdevice_master_wins(self, conn: Any, payload: bytes) -> None:

@@ -41,7 +41,10 @@ def test_register_poll_and_split_decided_by_the_device():
     assert c.nodes[1].cmap.get("runtime.votequorum.qdevice_can_operate") == 1
     q1, q2 = register(c, 1), register(c, 2)
     assert poll(c, 1, q1, True) == 1 and poll(c, 2, q2, True) == 1
-    c.run_until(lambda: all(n.vq.vq.totals() == (3, 3) for n in c.nodes.values()))
+    cast = 64  # NodeFlag.QDEVICE_CAST_VOTE, as delivered in the other node's NODEINFO
+    c.run_until(lambda: all(c.nodes[i].vq.vq.nodes[j].flags & cast
+                            for i in (1, 2) for j in (1, 2)))
+    assert all(n.vq.vq.totals() == (3, 3) for n in c.nodes.values())
     info_conn = c.nodes[1].connect("votequorum")
     c.nodes[1].request("votequorum", info_conn, vp.REQ_GETINFO, vp.enc_getinfo(1))
     info = vp.NodeInfo.decode(info_conn.responses[-1][1])
@@ -53,8 +56,11 @@ def test_register_poll_and_split_decided_by_the_device():
     assert qn.nodes[-1][0] == 0
     # split: the device (ffsplit) votes for node 1 only
     c.partition((1,), (2,))
-    c.run_until(c.settled((1,), (2,)))
+    # each node's sync waits for its device's poll with the new ring id (qnetd decided)
+    c.run_until(lambda: all(c.nodes[i].vq._sync_wait_poll and c.nodes[i].host.members == (i,)
+                            for i in (1, 2)))
     assert poll(c, 1, q1, True) == 1 and poll(c, 2, q2, False) == 1
+    c.run_until(c.settled((1,), (2,)))
     c.run_until(lambda: c.nodes[1].quorum.quorate)
     c.run_for(200)
     assert c.nodes[1].quorum.quorate and not c.nodes[2].quorum.quorate
@@ -97,3 +103,32 @@ def test_qdevice_registration_without_device_config_like_corosync():
     conn = n2.connect("votequorum")
     n2.request("votequorum", conn, vp.REQ_QDEVICE_REGISTER, vp.enc_qdevice_name(NAME))
     assert conn.responses[-1] == (vp.RES_STATUS, b"", 11)  # ACCESS
+
+
+def test_sync_waits_for_the_device_poll_then_times_out():
+    from corosync.exec.cmap import CmapType
+
+    c = qcluster()
+    for node in c.nodes.values():
+        node.cmap.set("quorum.device.sync_timeout", 2000, CmapType.UINT32)
+        node.cmap.set("quorum.device.timeout", 3000, CmapType.UINT32)
+    q1 = register(c, 1)
+    assert poll(c, 1, q1, True) == 1
+    c.partition((1,), (2,))
+    # node 1's sync cannot finish before its device polled with the new ring id
+    c.run_until(lambda: c.nodes[1].vq._sync_wait_poll and c.nodes[1].host.members == (1,))
+    c.run_for(500)
+    assert c.nodes[1].host.sync_in_process
+    assert any("waiting for quorum device Qdevice poll (but maximum for 2000 ms)" in line
+               for line in c.nodes[1].logs)
+    assert poll(c, 1, q1, True) == 1
+    c.run_until(lambda: not c.nodes[1].host.sync_in_process, 1000)
+    assert c.nodes[1].quorum.quorate  # 1 node vote + 1 device vote of 3
+    # next membership change: no poll this time -> sync ends at sync_timeout, vote lost
+    c.heal()
+    c.run_until(lambda: c.nodes[1].host.members == (1, 2))
+    t0 = c.now
+    c.run_until(lambda: not c.nodes[1].host.sync_in_process, 5000)
+    assert c.now - t0 >= 1900
+    assert "[VOTEQ] lost contact with quorum device Qdevice" in c.nodes[1].logs
+    c.run_until(lambda: not c.nodes[1].vq.vq.qdevice_counts(), 1000)
