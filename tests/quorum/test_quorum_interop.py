@@ -25,6 +25,8 @@ from corosync.tools import localcluster
 
 REAL = "/usr/sbin/corosync"
 DEB_QT = "/usr/sbin/corosync-quorumtool"
+DEB_CT = "/usr/sbin/corosync-cfgtool"
+OUR_CT = [sys.executable, "-m", "corosync.tools.cfgtool"]
 HERE = Path(__file__).resolve().parent
 OUR_QT = [sys.executable, "-m", "corosync.tools.quorumtool"]
 
@@ -41,6 +43,7 @@ def _skip_reason() -> str | None:
 
 
 def conf_text(d: Path, ours: bool) -> str:
+    """The reference lab's corosync.conf (shared/reference/udpu/corosync.conf), own paths."""
     nodes = "".join(f"    node {{\n        ring0_addr: 198.18.0.{i}\n        nodeid: {i}\n"
                     f"        name: n{i}\n    }}\n" for i in (1, 2, 3))
     system = (f"system {{\n    state_dir: {d / 'state'}\n    run_dir: {d / 'run'}\n}}\n"
@@ -143,7 +146,26 @@ def wait_status(lab: Lab, i: int, ours: bool, tool: list[str], want: dict[str, s
     pytest.fail(f"node {i} never showed {want}: {last!r}\n{lab.log(i)[-3000:]}")
 
 
-def test_votequorum_across_a_mixed_ring(lab):
+_VOLATILE = re.compile(rb"^(Date|Ring ID): .*$", re.M)
+
+
+def same_as_reference(lab: Lab, shared: Path, phase: str) -> None:
+    """Our node n1 answers Debian's tools (and ours) exactly as Debian's n1 did when the
+    reference outputs were taken (same 198.18.0.x layout, names n1..n3, udpu)."""
+    ref = shared / "reference" / "udpu" / phase
+    for name, args in (("cfgtool-s", ("-s",)), ("cfgtool-n", ("-n",)), ("cfgtool-a1", ("-a", "1"))):
+        want = (ref / f"{name}.txt").read_bytes()
+        assert lab.run(1, True, DEB_CT, *args).stdout == want, (phase, name)
+        assert lab.run(1, True, *OUR_CT, *args).stdout == want, (phase, name)
+    for name, args in (("quorumtool-s", ("-s",)), ("quorumtool-s-p", ("-s", "-p")),
+                       ("quorumtool-l", ("-l",)), ("quorumtool-l-i", ("-l", "-i"))):
+        want = _VOLATILE.sub(rb"\1:", (ref / f"{name}.txt").read_bytes())
+        for tool in ([DEB_QT], OUR_QT):
+            got = lab.run(1, True, *tool, *args).stdout
+            assert _VOLATILE.sub(rb"\1:", got) == want, (phase, name, tool)
+
+
+def test_votequorum_across_a_mixed_ring(lab, shared_dir):
     lab.start(1, True)
     lab.start(2, False)
     lab.start(3, False)
@@ -162,11 +184,13 @@ def test_votequorum_across_a_mixed_ring(lab):
     assert t_real == t_ours
     assert "This node is within the primary component and will provide service." in lab.log(1)
     assert "Members[3]: 1 2 3" in lab.log(1)
+    same_as_reference(lab, shared_dir, "running")
     # a real node dies: 2 of 3 votes keep quorum on both remaining nodes
     lab.kill(3)
     two = {"Nodes": "2", "Quorate": "Yes", "Total votes": "2", "Quorum": "2"}
     wait_status(lab, 2, False, [DEB_QT], two)
     wait_status(lab, 1, True, OUR_QT, two)
+    same_as_reference(lab, shared_dir, "after-kill-n3")
     # and the last real node: ours alone is not quorate (exit code 2, activity blocked)
     lab.kill(2)
     alone = wait_status(lab, 1, True, OUR_QT, {"Nodes": "1", "Quorate": "No"})
