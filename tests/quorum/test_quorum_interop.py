@@ -198,3 +198,35 @@ def test_votequorum_across_a_mixed_ring(lab, shared_dir):
     assert b"Quorum:           2 Activity blocked\n" in alone.stdout
     assert "This node is within the non-primary component and will NOT provide any " \
            "services." in lab.log(1)
+
+
+def wait_for(pred, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def test_cfg_exec_messages_across_a_mixed_ring(lab):
+    """RELOAD_CONFIG and KILLNODE both ways between our cfg service and real nodes."""
+    for i, ours in ((1, True), (2, False), (3, False)):
+        lab.start(i, ours)
+    wait_status(lab, 2, False, [DEB_QT], {"Nodes": "3", "Quorate": "Yes", "Total votes": "3"})
+    wait_status(lab, 1, True, OUR_QT, {"Nodes": "3", "Quorate": "Yes"})
+    # a real node asks for a cluster-wide reload: every node (ours too) sees the request
+    r = lab.run(2, False, DEB_CT, "-R")
+    assert (r.returncode, r.stdout) == (0, b"Reloading corosync.conf...\nDone\n"), r
+    wait_for(lambda: "Config reload requested by node 2" in lab.log(1), 20, "reload on ours")
+    # our tool kills a real node through our cfg service
+    k = lab.run(1, True, *OUR_CT, "-k", "3")
+    assert (k.returncode, k.stdout, k.stderr) == (0, b"Killing node 3\n", b"")
+    wait_for(lambda: lab.procs[3].poll() is not None, 20, "real node 3 to exit")
+    assert "Killed by node 1 : Killed by corosync-cfgtool" in lab.log(3)
+    # and a real node kills ours
+    k = lab.run(2, False, DEB_CT, "-k", "1")
+    assert (k.returncode, k.stdout) == (0, b"Killing node 1\n"), k
+    wait_for(lambda: "Killed by node 2 : Killed by corosync-cfgtool" in lab.log(1), 20,
+             "our node to log the kill")
+    wait_for(lambda: lab.procs[1].poll() is not None, 30, "our node to exit")
+    assert lab.procs[2].poll() is None  # the survivor keeps running
