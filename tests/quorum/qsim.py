@@ -6,6 +6,7 @@ by exec/sim's Network so partitions are one call.  The host's ``timer_add`` /
 from __future__ import annotations
 
 import heapq
+import os
 import random
 from typing import Any, Callable
 
@@ -48,8 +49,11 @@ class FakeConn:
         pass
 
 
-def make_cmap(nodeid: int, n: int, quorum: dict[str, Any]) -> CmapStore:
+def make_cmap(nodeid: int, n: int, quorum: dict[str, Any],
+              state_dir: str | None = None) -> CmapStore:
     cm = CmapStore()
+    if state_dir is not None:
+        cm.set("system.state_dir", state_dir, CmapType.STRING)
     for i in range(n):
         cm.set(f"nodelist.node.{i}.nodeid", i + 1, CmapType.UINT32)
         cm.set(f"nodelist.node.{i}.ring0_addr", f"127.0.0.{i + 1}", CmapType.STRING)
@@ -73,7 +77,10 @@ class Node:
         self.timers: dict[Any, int] = {}
         self.pending: list = []
         self.logs: list[str] = []
-        self.cmap = make_cmap(nodeid, cluster.n, quorum)
+        self.cmap = make_cmap(nodeid, cluster.n, quorum,
+                              f"{cluster.state_dir}/n{nodeid}" if cluster.state_dir else None)
+        if cluster.state_dir:
+            os.makedirs(f"{cluster.state_dir}/n{nodeid}", exist_ok=True)
         self.svc_timers: dict[int, Callable[[], None]] = {}
         self.host = ServiceHost(nodeid, self.cmap, self._mcast, send_ok=self.pg.send_ok,
                                 trans_ack=lambda: self.pending.extend(
@@ -119,8 +126,12 @@ class Node:
 
 
 class QCluster:
-    def __init__(self, n: int, seed: int = 1, **quorum: Any) -> None:
+    def __init__(self, n: int, seed: int = 1, state_dir: str | None = None,
+                 **quorum: Any) -> None:
+        """``state_dir``: where each node keeps its ev_tracking file (needed with
+        allow_downscale / expected_votes_tracking; never the real /var/lib/corosync)."""
         self.n = n
+        self.state_dir = state_dir
         self.config = derive(n, token=200, token_coefficient=0)
         self.net = Network(list(range(1, n + 1)), LinkParams(delay=1, jitter=0),
                            random.Random(seed))

@@ -340,3 +340,18 @@ def test_expected_votes_tracking_survives_restart(tmp_path):
     h = host(3)
     assert h.services[5].vq.us.expected_votes == 3
     assert (tmp_path / "ev_tracking").read_bytes() == st.pack("<I", 3)
+
+
+def test_allow_downscale_clean_exit_marks_node_leaving_in_the_ring(tmp_path):
+    c = QCluster(3, state_dir=str(tmp_path), allow_downscale=1)
+    c.run_until(c.settled((1, 2, 3)))
+    assert all(n.vq.vq.quorum == 2 for n in c.nodes.values())
+    c.nodes[3].host.exec_exit()  # clean shutdown: NODEINFO with LEAVING goes out first
+    c.run_until(lambda: all(c.nodes[i].vq.vq.nodes[3].state == 3 for i in (1, 2)))
+    c.crash(3)
+    c.run_until(c.settled((1, 2)))
+    assert c.nodes[1].quorum.quorate and c.nodes[2].quorum.quorate
+    assert (tmp_path / "n1" / "ev_tracking").read_bytes() == (3).to_bytes(4, "little")
+    info = c.nodes[1].connect("votequorum")
+    c.nodes[1].request("votequorum", info, vp.REQ_GETINFO, vp.enc_getinfo(0))
+    assert vp.NodeInfo.decode(info.responses[-1][1]).flags & vp.INFO_ALLOW_DOWNSCALE
