@@ -166,10 +166,15 @@ def _usage_from(send_ok: Callable[[int], bool] | None) -> Callable[[], float] | 
 
 
 def default_services() -> list[type[Service]]:
+    """The services a node runs, in corosync 3.1.7's load order (its start-up log:
+    cmap [0], cfg [1], cpg [2], ..., votequorum [5], quorum [3])."""
+    from corosync.services.cfg import CfgService
     from corosync.services.cmap import CmapService
     from corosync.services.cpg import CpgService
+    from corosync.services.quorum import QuorumService
+    from corosync.services.votequorum import VotequorumService
 
-    return [CmapService, CpgService]
+    return [CmapService, CfgService, CpgService, VotequorumService, QuorumService]
 
 
 class ServiceHost:

@@ -15,8 +15,14 @@ from corosync.exec.service import CsError
 from corosync.exec.totem.events import ConfChg, ConfChgKind, PgDeliver
 from corosync.exec.totem.wire import RingId
 from corosync.services import cmap, cpg
+from corosync.services.cmap import CmapService
+from corosync.services.cpg import CpgService
 
 OK = CsError.OK
+
+
+#: the services of the tests that predate cfg/votequorum/quorum in default_services()
+CMAP_CPG = [CmapService, CpgService]
 
 
 class Env:
@@ -367,7 +373,8 @@ def test_service_keys_and_counters_like_the_real_daemon():
     store = CmapStore()
     sent = []
     host = ServiceHost(1, store, lambda g, m, gu: sent.append((g, m)),
-                       log=lambda lvl, sub, text: logs.append((sub, text)))
+                       log=lambda lvl, sub, text: logs.append((sub, text)),
+                       services=CMAP_CPG)
     host.sync_in_process = False
     # the keys corosync's service loader publishes (reference/udpu/running/cmapctl.txt)
     assert store.dump("internal_configuration.service.") == (

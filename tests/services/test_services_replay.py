@@ -16,6 +16,8 @@ from corosync.exec.service import REQ_HEADER
 from corosync.exec.totem.events import ConfChg, ConfChgKind, PgDeliver
 from corosync.exec.totem.wire import RingId
 from corosync.services import cpg
+from corosync.services.cmap import CmapService
+from corosync.services.cpg import CpgService
 
 VOTEQUORUM = 5
 
@@ -31,8 +33,10 @@ class Replayer:
         self.logs: list[str] = []
         self.acks = 0
         self.procs_at_ack: list[list] = []
+        # cmap + cpg only: the phases and messages below are those two services'
         self.host = ServiceHost(me, CmapStore(), self._mcast, trans_ack=self._ack,
-                                log=lambda lvl, sub, text: self.logs.append(text))
+                                log=lambda lvl, sub, text: self.logs.append(text),
+                                services=[CmapService, CpgService])
         self.ring: RingId | None = None
 
     def _mcast(self, group: bytes, message: bytes, guarantee: int) -> None:
