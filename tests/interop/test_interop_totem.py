@@ -8,10 +8,10 @@ libqb IPC files in /dev/shm, so each one also runs in a private mount namespace 
 over those three paths; its IPC sockets are abstract, hence per network namespace.
 
 The ring must contain all three nodes in every node's view — the real nodes' logs must
-name our nodeid in "Members joined" — and stay unchanged for STABLE_SECONDS.  10 s is
-enough: with token 1000 ms and consensus 1200 ms any disagreement (a node not accepting
-our tokens or commit tokens) would re-form the ring within ~2.2 s, so 10 s covers more
-than four failure-detection periods (the task suggested 30 s; this keeps the suite fast).
+name our nodeid in "Members joined" — and stay unchanged for STABLE_SECONDS (30 s, as the
+issue asks: with token 1000 ms and consensus 1200 ms any disagreement — a node not
+accepting our tokens or commit tokens — would re-form the ring within ~2.2 s, and 30 s also
+spans dozens of token-hold cycles and merge-detect rounds of an idle ring).
 Then SIGTERM of our node must be seen as a clean leave by the real nodes, and SIGKILL of a
 real node must be detected by ours.
 """
@@ -32,7 +32,7 @@ import pytest
 from corosync.tools import localcluster
 
 REAL = "/usr/sbin/corosync"
-STABLE_SECONDS = 10
+STABLE_SECONDS = 30
 MEMBERSHIP_RE = re.compile(r"A new membership \(([\w.]+)\) was formed\. Members(.*)$")
 
 
