@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import uuid
 
@@ -150,13 +149,16 @@ def run_ring(daemons: dict[int, lib.Daemon], transport_line: str) -> None:
     # one ring: every node's latest "A new membership (rep.seq) was formed" has the same id
     ring3 = {daemons[nid].memberships()[-1][0] for nid, _ in NODES}
     assert len(ring3) == 1, ring3
-    daemons[2].send_signal(signal.SIGKILL)
-    daemons[2].proc.wait(5)
+    daemons[2].kill()  # SIGKILL by PID, waited for: no leave message reaches the ring
     wait_members(daemons, (1, 3), (1, 3), timeout=8)
     lasts = [daemons[nid].memberships()[-1] for nid in (1, 3)]
     assert lasts[0][0] == lasts[1][0] and lasts[0][0] not in ring3, lasts
     for _rid, rest in lasts:
         assert rest.strip().endswith("left: 2"), rest
+    # the killed node comes back (same address, fresh process) and the ring re-forms
+    daemons[2].start()
+    wait_members(daemons, (1, 2, 3), (1, 2, 3), timeout=8)
+    assert len({daemons[nid].memberships()[-1][0] for nid, _ in NODES}) == 1
 
 
 def test_ipv6_udpu_three_node_ring_and_kill(ipv6_cluster):
@@ -173,17 +175,18 @@ def test_ipv6_udpu_three_node_ring_and_kill(ipv6_cluster):
         assert f"[{PREFIX}3]:5405" in ss.stdout, ss.stdout
 
 
-def test_ipv6_udp_multicast_three_node_ring_and_kill(ipv6_cluster):
+@pytest.mark.parametrize("mcastaddr", [None, "ff15::198:18:77"], ids=["derived", "explicit"])
+def test_ipv6_udp_multicast_three_node_ring_and_kill(ipv6_cluster, mcastaddr):
     from corosync.exec.config.model import cluster_mcast_addr
 
-    derived = cluster_mcast_addr("pytest", 0, ipv6=True)
-    assert derived.startswith("ff15::")
-    daemons = ipv6_cluster("udp")  # no mcastaddr: derived from cluster_name, ff15::/16
+    group = mcastaddr or cluster_mcast_addr("pytest", 0, ipv6=True)
+    assert group.startswith("ff15::")  # without mcastaddr: derived from cluster_name
+    daemons = ipv6_cluster("udp", mcastaddr=mcastaddr)
     run_ring(daemons, "Initializing transport (UDP/IP Multicast).")
     for nid, _ in NODES:
         assert "adding new UDPU member" not in daemons[nid].log()
     ss = subprocess.run(["ip", "netns", "exec", daemons[1].netns, "ss", "-uan"],
                         capture_output=True, text=True)
     if ss.returncode == 0:
-        assert f"[{derived}]:5405" in ss.stdout, ss.stdout
+        assert f"[{group}]:5405" in ss.stdout, ss.stdout
         assert f"[{PREFIX}1]:5404" in ss.stdout, ss.stdout
