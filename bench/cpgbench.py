@@ -1,6 +1,7 @@
-"""CPG benchmark: throughput and latency of a 3-node cluster, ours vs Debian's corosync.
+"""CPG benchmark: throughput, latency and agreement of a 3-node cluster, ours vs Debian's corosync.
 
-    sudo python bench/cpgbench.py [--runs 1] [--small 3000] [--large 150] [--pings 200]
+    sudo python bench/cpgbench.py [--quick] [--runs 3] [--sizes 64 1024 16384 262144]
+                                  [--modes one all] [--mbytes 16] [--max-msgs 5000]
 
 Each implementation runs as 3 daemons in network namespaces on a bridge
 (corosync-localcluster's layout, 198.18.0.0/24, token 1000, token_coefficient 0); Debian's
@@ -9,24 +10,37 @@ in private mount namespaces (it hard-codes /run, /var/lib/corosync, /dev/shm).  
 ``client`` mode), one process per node joined to one group, so the numbers compare the
 daemons, not the client libraries.
 
-* throughput: the client on node 1 sends N messages as fast as ``cpg_mcast_joined``
-  accepts them (CS_ERR_TRY_AGAIN = flow control: dispatch, retry); measured from the first
-  send until the client on node 3 got the last one.  100-byte and 64 KiB messages.
-* latency: node 1 sends one 100-byte message and waits for its own agreed delivery (a full
-  trip through the ring: the token must visit every node), K times; median and p95.
+For every message size (64 B, 1 KiB, 16 KiB, 256 KiB by default) and mode:
 
-Needs root and /usr/sbin/corosync + libcpg (Debian's corosync and libcpg4 packages).
+* ``one``: the client on node 1 sends; ``all``: the clients on all 3 nodes send at once.
+  Messages per phase: ``--mbytes`` of payload / size, within [20, ``--max-msgs``].
+  Senders push as fast as ``cpg_mcast_joined`` accepts (CS_ERR_TRY_AGAIN = flow control:
+  dispatch, retry).
+* throughput (msg/s, MB/s): from the first send of any sender until the last delivery on
+  the slowest node.
+* latency p50/p99: per sent message, from ``cpg_mcast_joined`` returning CS_OK to the
+  sender's own agreed delivery, *under that load* (so it includes the daemon's queue: an
+  implementation that accepts more before saying TRY_AGAIN shows longer latency).  The
+  ``idle`` row: one message at a time (smallest size), the unloaded round trip.
+* agreement: every client keeps a running sha256 over (nodeid, pid, size, payload) of
+  each delivery in delivery order; after every phase the 3 digests (and counts) must be
+  equal, else "AGREEMENT VIOLATED" goes to stderr and the exit status is 1.
+
+Prints a Markdown table (median over ``--runs``) with the ours/debian ratio.  Needs root
+and /usr/sbin/corosync + libcpg (Debian's corosync and libcpg4 packages).
 """
 
 from __future__ import annotations
 
 import argparse
 import ctypes
+import hashlib
 import json
 import os
 import re
 import select
 import signal
+import struct
 import statistics
 import subprocess
 import sys
@@ -38,6 +52,7 @@ REAL = "/usr/sbin/corosync"
 GROUP = b"cpgbench"
 CS_OK, CS_ERR_TRY_AGAIN = 1, 6
 CS_DISPATCH_ALL = 2
+SEQ = struct.Struct("<III")  # hashed per delivery: nodeid, pid, size
 MEMBERSHIP_RE = re.compile(r"A new membership \([\w.]+\) was formed\. Members(.*)$")
 
 
@@ -69,16 +84,37 @@ class Callbacks(ctypes.Structure):
 
 
 def client() -> None:
-    """stdin commands: ``send N SIZE``, ``expect N``, ``ping K SIZE``, ``quit``; stdout JSON."""
+    """stdin commands, one JSON line answered per command on stdout.
+
+    ``phase SEND SIZE TOTAL``: send SEND messages of SIZE bytes (SEND may be 0), then wait
+    until TOTAL messages (from anyone, this phase) were delivered here.  ``ping K SIZE
+    TOTAL``: K times send one message and wait for its own delivery.  ``quit``.
+
+    Every delivery feeds a running sha256 over (sender nodeid, sender pid, payload) in
+    delivery order; the digest after each phase is reported so that the driver can
+    prove that every node saw the same messages in the same order (agreed ordering).
+    Each payload starts with the sender's sequence number, so that the sender can time
+    every one of its own messages from the moment ``cpg_mcast_joined`` accepted it to its
+    own (agreed) delivery: the send-to-self-delivery latency.
+    """
     lib = ctypes.CDLL("libcpg.so.4")
-    state = {"members": 0, "got": 0, "last": 0.0, "self": 0}
+    state = {"members": 0, "got": 0, "last": 0.0}
+    sent_at: dict[int, float] = {}
+    lats: list[float] = []
+    running = hashlib.sha256()
     me = os.getpid()
 
-    def on_deliver(_h, _g, _nodeid, pid, _msg, _size):
+    def on_deliver(_h, _g, nodeid, pid, msg, size):
+        now = time.monotonic()
         state["got"] += 1
-        state["last"] = time.monotonic()
-        if pid == me:
-            state["self"] += 1
+        state["last"] = now
+        data = ctypes.string_at(msg, size)
+        running.update(SEQ.pack(nodeid, pid, size))
+        running.update(data)
+        if pid == me and size >= 8:
+            t = sent_at.pop(int.from_bytes(data[:8], "little"), None)
+            if t is not None:
+                lats.append(now - t)
 
     def on_confchg(_h, _g, _m, n_members, _l, _nl, _j, _nj):
         state["members"] = n_members
@@ -104,11 +140,18 @@ def client() -> None:
     def out(obj: dict) -> None:
         print(json.dumps(obj), flush=True)
 
+    seq = 0
+
     def mcast(buf: ctypes.Array, size: int) -> None:
+        """Send one message stamped with the next sequence number; TRY_AGAIN = dispatch, retry."""
+        nonlocal seq
+        seq += 1
+        ctypes.memmove(buf, seq.to_bytes(8, "little"), min(8, size))
         iov = IoVec(ctypes.cast(buf, ctypes.c_void_p), size)
         while True:
             err = lib.cpg_mcast_joined(handle, 2, ctypes.byref(iov), 1)
             if err == CS_OK:
+                sent_at[seq] = time.monotonic()
                 return
             if err != CS_ERR_TRY_AGAIN:
                 raise SystemExit(f"cpg_mcast_joined: error {err}")
@@ -117,38 +160,36 @@ def client() -> None:
     while state["members"] < 3:
         dispatch(0.05)
     out({"ready": me})
-    for line in sys.stdin:
-        words = line.split()
+    while True:
+        words = sys.stdin.readline().split()
         if not words or words[0] == "quit":
             break
-        if words[0] == "expect":
-            want = state["got"] + int(words[1])
-            while state["got"] < want:
-                dispatch(0.05)
-            out({"last": state["last"]})
-        elif words[0] == "send":
-            n, size = int(words[1]), int(words[2])
+        lats.clear()
+        sent_at.clear()
+        if words[0] == "phase":
+            n, size, total = int(words[1]), int(words[2]), int(words[3])
+            want = state["got"] + total
             buf = ctypes.create_string_buffer(b"x" * size, size)
-            want = state["self"] + n
             t0 = time.monotonic()
             for _ in range(n):
                 mcast(buf, size)
                 dispatch(0)
-            while state["self"] < want:
-                dispatch(0.05)
-            out({"t0": t0, "self_done": time.monotonic()})
         elif words[0] == "ping":
-            k, size = int(words[1]), int(words[2])
+            k, size, total = int(words[1]), int(words[2]), int(words[3])
+            want = state["got"] + total
             buf = ctypes.create_string_buffer(b"p" * size, size)
-            rtts = []
+            t0 = time.monotonic()
             for _ in range(k):
-                want = state["self"] + 1
-                t0 = time.monotonic()
+                mine = len(lats) + 1
                 mcast(buf, size)
-                while state["self"] < want:
+                while len(lats) < mine:
                     dispatch(0.01)
-                rtts.append(time.monotonic() - t0)
-            out({"rtts": rtts})
+        else:
+            raise SystemExit(f"unknown command {words[0]!r}")
+        while state["got"] < want:
+            dispatch(0.05)
+        out({"t0": t0, "last": state["last"], "lats": lats, "got": state["got"],
+             "hash": running.copy().hexdigest()})
     lib.cpg_finalize(handle)
 
 
@@ -213,7 +254,7 @@ class Proc:
                 self.p.wait()
 
 
-def one_run(impl: str, args: argparse.Namespace, root: Path) -> dict[str, float]:
+def one_run(impl: str, args: argparse.Namespace, root: Path) -> dict[str, dict[str, float]]:
     from corosync.tools import localcluster
 
     state = {"n": 3, "prefix": f"cb{os.getpid() % 10000}", "namespaces": [], "netns": True}
@@ -252,26 +293,37 @@ def one_run(impl: str, args: argparse.Namespace, root: Path) -> dict[str, float]
                                 env))
         for c in clients:
             c.read(60)
-        sender, _mid, far = clients
-        res: dict[str, float] = {}
-        for label, n, size in (("small", args.small, 100), ("large", args.large, 65536)):
-            for c in clients[1:]:
-                c.send(f"expect {n}")
-            sender.send(f"send {n} {size}")
-            sent = sender.read()
-            last = far.read()["last"]
-            clients[1].read()
-            secs = last - sent["t0"]
-            res[f"{label}_msgs_s"] = n / secs
-            res[f"{label}_MB_s"] = n * size / secs / 1e6
-        for c in clients[1:]:
-            c.send(f"expect {args.pings}")
-        sender.send(f"ping {args.pings} 100")
-        rtts = sorted(sender.read()["rtts"])
-        for c in clients[1:]:
-            c.read()
-        res["lat_median_ms"] = statistics.median(rtts) * 1000
-        res["lat_p95_ms"] = rtts[int(len(rtts) * 0.95) - 1] * 1000
+        res: dict[str, dict[str, float]] = {}
+        for mode in args.modes:
+            for size in args.sizes:
+                n = count_for(size, args)
+                senders = clients if mode == "all" else clients[:1]
+                per = max(1, n // len(senders))
+                total = per * len(senders)
+                for c in clients:
+                    c.send(f"phase {per if c in senders else 0} {size} {total}")
+                answers = [c.read(args.timeout) for c in clients]
+                check_agreement(impl, f"{mode}/{size}", answers)
+                secs = max(a["last"] for a in answers) - min(a["t0"] for a in
+                                                             answers[:len(senders)])
+                lats = sorted(x for a in answers[:len(senders)] for x in a["lats"])
+                res[f"{mode}/{size}"] = {
+                    "msgs": total, "msgs_s": total / secs, "MB_s": total * size / secs / 1e6,
+                    "p50_ms": pct(lats, 50) * 1000, "p99_ms": pct(lats, 99) * 1000}
+        ping_size = min(args.sizes)
+        for c in clients:
+            c.send(f"ping {args.pings} {ping_size} {args.pings}" if c is clients[0]
+                   else f"phase 0 {ping_size} {args.pings}")
+        answers = [c.read(args.timeout) for c in clients]
+        check_agreement(impl, f"ping/{ping_size}", answers)
+        lats = sorted(answers[0]["lats"])
+        res[f"idle/{ping_size}"] = {"msgs": args.pings, "msgs_s": float("nan"),
+                                    "MB_s": float("nan"), "p50_ms": pct(lats, 50) * 1000,
+                                    "p99_ms": pct(lats, 99) * 1000}
+        print(f"{impl}: final running hash per node after "
+              f"{answers[0]['got']} deliveries:", flush=True)
+        for i, a in enumerate(answers, 1):
+            print(f"  node {i}: {a['hash']}", flush=True)
         return res
     finally:
         for c in clients:
@@ -287,31 +339,97 @@ def one_run(impl: str, args: argparse.Namespace, root: Path) -> dict[str, float]
         localcluster.netns_down(state)
 
 
+SIZES = (64, 1024, 16384, 262144)
+MISMATCHES: list[str] = []
+
+
+def count_for(size: int, args: argparse.Namespace) -> int:
+    """Messages per phase: about ``--mbytes`` of payload, but at least 20 and at most ``--max-msgs``."""
+    return max(20, min(args.max_msgs, int(args.mbytes * 1e6) // size))
+
+
+def pct(xs: list[float], p: float) -> float:
+    """Nearest-rank percentile of an already sorted list (nan when empty)."""
+    if not xs:
+        return float("nan")
+    return xs[min(len(xs) - 1, max(0, -(-len(xs) * p // 100) - 1))]
+
+
+def check_agreement(impl: str, phase: str, answers: list[dict]) -> None:
+    """Every node must have delivered the same messages in the same order: same digest."""
+    digests = [a["hash"] for a in answers]
+    counts = [a["got"] for a in answers]
+    if len(set(digests)) != 1 or len(set(counts)) != 1:
+        msg = (f"!!! AGREEMENT VIOLATED: {impl} after {phase}: " + ", ".join(
+            f"node {i}: {c} msgs {d[:16]}" for i, (c, d) in enumerate(zip(counts, digests), 1)))
+        print(msg, file=sys.stderr, flush=True)
+        MISMATCHES.append(msg)
+    else:
+        print(f"{impl} {phase:<12} agreed: {counts[0]} deliveries, sha256 {digests[0][:16]}"
+              " on all 3 nodes", flush=True)
+
+
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "client":
         client()
         return 0
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--runs", type=int, default=1)
-    ap.add_argument("--small", type=int, default=3000, help="100-byte messages per run")
-    ap.add_argument("--large", type=int, default=150, help="64 KiB messages per run")
-    ap.add_argument("--pings", type=int, default=200)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
+    ap.add_argument("--modes", nargs="+", choices=("one", "all"), default=["one", "all"])
+    ap.add_argument("--mbytes", type=float, default=16.0,
+                    help="payload per phase, in MB (message count = this / size)")
+    ap.add_argument("--max-msgs", type=int, default=5000, help="cap on messages per phase")
+    ap.add_argument("--pings", type=int, default=200, help="idle latency samples")
+    ap.add_argument("--timeout", type=float, default=180, help="per phase, seconds")
+    ap.add_argument("--impls", nargs="+", choices=("ours", "debian"), default=["ours", "debian"])
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run: 1 run, 1 MB / at most 300 messages per phase, 50 pings")
     args = ap.parse_args()
+    if args.quick:
+        args.runs, args.mbytes, args.max_msgs, args.pings = 1, 1.0, 300, 50
     if os.geteuid() != 0 or not os.path.exists(REAL):
         print("needs root and /usr/sbin/corosync", file=sys.stderr)
         return 2
-    results: dict[str, list[dict[str, float]]] = {"ours": [], "debian": []}
+    results: dict[str, list[dict[str, dict[str, float]]]] = {i: [] for i in args.impls}
+    t_start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="cpgbench-") as tmp:
         for run in range(args.runs):
-            for impl in ("ours", "debian"):
+            for impl in args.impls:
                 results[impl].append(one_run(impl, args, Path(tmp) / f"r{run}"))
-    keys = list(results["ours"][0])
-    print(f"{'metric':<16}{'ours':>12}{'debian':>12}{'ours/debian':>13}")
-    for k in keys:
-        o = statistics.median(r[k] for r in results["ours"])
-        d = statistics.median(r[k] for r in results["debian"])
-        print(f"{k:<16}{o:>12.2f}{d:>12.2f}{o / d:>13.2f}")
+    print_table(results)
+    print(f"\n(total wall time {time.monotonic() - t_start:.0f} s, {args.runs} run(s); "
+          "median over runs)")
+    if MISMATCHES:
+        print("\n!!! AGREEMENT VIOLATED in %d phase(s):" % len(MISMATCHES), file=sys.stderr)
+        for m in MISMATCHES:
+            print(m, file=sys.stderr)
+        return 1
+    print("agreement: every phase, every node: identical delivery hash")
     return 0
+
+
+def print_table(results: dict[str, list[dict[str, dict[str, float]]]]) -> None:
+    """Markdown table: one row per mode/size/metric, a column per implementation, ratio."""
+    impls = list(results)
+    first = results[impls[0]][0]
+    head = "| phase | msgs | metric | " + " | ".join(impls)
+    sep = "|---|---:|---|" + "---:|" * len(impls)
+    if len(impls) == 2:
+        head += " | ours/debian"
+        sep += "---:|"
+    print("\n" + head + " |")
+    print(sep)
+    for phase, row in first.items():
+        for metric in ("msgs_s", "MB_s", "p50_ms", "p99_ms"):
+            if row[metric] != row[metric]:  # nan: not measured for this phase
+                continue
+            vals = [statistics.median(r[phase][metric] for r in results[i]) for i in impls]
+            cells = [f"{v:.2f}" if v < 100 else f"{v:.0f}" for v in vals]
+            line = f"| {phase} | {row['msgs']} | {metric} | " + " | ".join(cells)
+            if len(vals) == 2:
+                line += f" | {vals[0] / vals[1]:.2f}" if vals[1] else " | -"
+            print(line + " |")
 
 
 if __name__ == "__main__":
