@@ -206,6 +206,7 @@ class Srp:
         self._cbl = 0
         self._global_seqno = 0
         self._safe_upto = SEQNO_START_MSG
+        self._safe_regular_upto = SEQNO_START_MSG
         # recovery / install
         self._received_flg = True
         self._set_retrans_flg = False
@@ -684,6 +685,15 @@ class Srp:
         # Deliberate: the deliver set is always refreshed (corosync keeps a stale one
         # when every flag is set; it is only consulted after a gap, see _deliver).
         self._deliver_memb = list(trans)
+        # SAFE messages of the old ring that some member moving with us already delivered
+        # in the regular configuration: every such member must deliver exactly these there
+        # too, and the rest in the transitional one.  The commit token gives all of us the
+        # same entries, so the boundary is the same everywhere (our own token-timing view
+        # of stability, _safe_upto, is not).
+        self._safe_regular_upto = self._high_delivered
+        for node, e in zip(ct.addr, entries):
+            if node in trans and sq_lt(self._safe_regular_upto, e.high_delivered):
+                self._safe_regular_upto = e.high_delivered
         need = any(node in trans and e.received_flg == 0 for node, e in zip(ct.addr, entries))
         originated = 0
         if need:
@@ -773,7 +783,9 @@ class Srp:
         aru_save = self._aru
         self._aru = self._old_aru
         # 1. old-ring messages everybody in the old ring agreed on (stops at a gap and
-        #    at a SAFE message that was not yet stable in the old ring)
+        #    at a SAFE message no member of the transitional set delivered in the old
+        #    regular configuration: the same boundary at every member, see _recovery_enter)
+        self._safe_upto = self._safe_regular_upto
         self._deliver(old_high, skip=False, honor_safe=True)
         trans = self._trans_memb
         left = sorted(n for n in self._memb if n not in trans)

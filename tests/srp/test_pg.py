@@ -413,6 +413,8 @@ def test_leftover_partial_discarded_when_sender_leaves():
     feed(rx, 1, _pkt(1, 0, _m(b"head-")))
     out = rx._process([ConfChg(ConfChgKind.TRANSITIONAL, (2, 9), (1,), (), RING)], 0)
     assert isinstance(out[0], ConfChg)  # passes through
+    assert 1 in rx._asm_trans  # the transitional configuration may still complete it
+    rx._process([ConfChg(ConfChgKind.REGULAR, (2, 9), (), (), RING)], 0)
     assert 1 not in rx._asm_normal and 1 not in rx._asm_trans
     # a continuation after the sender came back is a broken continuation
     assert feed(rx, 1, _pkt(0, 1, b"tail")) == []

@@ -107,6 +107,19 @@ def test_buffered_tail_moves_to_held_queue_so_sync_starts_a_fresh_chain():
     assert [a.message for a in out if isinstance(a, PgDeliver)] == [b"barrier"]
 
 
+def test_leaver_message_completes_in_the_transitional_configuration():
+    # every member of the transitional configuration delivers a leaver's message whose
+    # last packets come after the TRANSITIONAL change (it used to be thrown away)
+    rx, part = new_pg(2), new_pg(3)
+    part.mcast(GA, b"w" * 3000, Guarantee.AGREED, 0)
+    part.srp.token()
+    packets = list(part.srp.log)
+    assert len(packets) == 3
+    deliver(rx, 3, packets[:1], OLD)
+    rx._process([ConfChg(ConfChgKind.TRANSITIONAL, (1, 2), (3,), (), NEW)], 0)
+    assert deliver(rx, 3, packets[1:], OLD) == [b"w" * 3000]
+
+
 def test_leaver_state_recreated_after_transitional_change_is_purged():
     rx = new_pg(2)
     part = TotemPg(HeldSrp(3))
@@ -119,3 +132,14 @@ def test_leaver_state_recreated_after_transitional_change_is_purged():
     assert 3 in rx._asm_normal
     rx._process([ConfChg(ConfChgKind.REGULAR, (1, 2), (), (), NEW)], 0)
     assert 3 not in rx._asm_normal and 3 not in rx._asm_trans
+
+
+def test_sixteen_node_storm_keeps_safe_and_transitional_boundaries_consistent():
+    # seed 3 found two boundary bugs: members moving together put SAFE old-ring messages
+    # on different sides of the TRANSITIONAL confchg (each used its own view of
+    # stability), and totempg purged a leaver's partial message before the transitional
+    # configuration had delivered its tail
+    from corosync.exec.sim import SimConfig, run
+
+    r = run(SimConfig(nodes=16, seed=3, faults=200))
+    assert not r.violations, "\n".join(map(str, r.violations[:5]))
