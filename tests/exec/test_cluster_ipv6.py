@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 import uuid
 
 import pytest
@@ -126,16 +127,20 @@ def ipv6_cluster(tmp_path, ipv6_net):
 
 
 def wait_members(daemons: dict[int, lib.Daemon], want: tuple[int, ...], ids, timeout: float):
-    def ok() -> bool:
+    """Poll until every node in ``ids`` reports membership ``want``.  Our own loop rather
+    than ``wait_until``: its message is built before waiting, so it would show the state at
+    the start; this one reports each node's membership at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
         for nid in ids:
             d = daemons[nid]
             assert d.alive(), f"n{nid} died:\n{d.log()}\n{(d.dir / 'stderr').read_text()}"
-            if d.members() != want:
-                return False
-        return True
-
-    lib.wait_until(ok, timeout, f"membership {want} on nodes {list(ids)}: " + "; ".join(
-        f"n{n}={daemons[n].members()}" for n in ids))
+        if all(daemons[nid].members() == want for nid in ids):
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for membership {want}; at the "
+                        "deadline: " + "; ".join(f"n{n}={daemons[n].members()}" for n in ids))
+        time.sleep(0.05)
 
 
 def run_ring(daemons: dict[int, lib.Daemon], transport_line: str) -> None:
