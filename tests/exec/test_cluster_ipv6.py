@@ -7,9 +7,8 @@ and the nodes get fd00:198:18::1..3/64 (our own ULA test prefix, nothing else is
 
 Addresses are added with ``nodad`` and the namespaces default to ``accept_dad=0`` so no
 address is ever tentative (a tentative address cannot be bound).  The bridge's multicast
-snooping is off: without an MLD querier snooping would let the group traffic through
-anyway, but only by accident of timing, and we want the udp test to depend on
-IPV6_JOIN_GROUP on the nodes alone.
+snooping is off, so it floods group traffic to every port: whether the udp test passes
+then depends on the nodes' own IPV6_JOIN_GROUP, not on the bridge's MLD querier logic.
 
 Each daemon discovers its own address from the interfaces of its namespace (no
 ``COROSYNC_LOCAL_ADDRS``), exactly as on a real host.
