@@ -96,16 +96,20 @@ def node_config(*, nodeid: int, nodes: list[tuple[int, str]], port: int, directo
     )
 
 
-def wait_until(predicate: Callable[[], object], timeout: float, what: str,
-               interval: float = 0.05) -> object:
-    """Poll ``predicate`` until truthy or ``timeout`` seconds passed (then fail)."""
+def wait_until(predicate: Callable[[], object], timeout: float,
+               what: str | Callable[[], str], interval: float = 0.05) -> object:
+    """Poll ``predicate`` until truthy or ``timeout`` seconds passed (then fail).
+
+    ``what`` may be a callable: it is evaluated at the deadline, so the message shows the
+    state that made the wait fail, not the state when it began."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+            text = what() if callable(what) else what
+            pytest.fail(f"timed out after {timeout}s waiting for {text}")
         time.sleep(interval)
 
 
@@ -228,7 +232,7 @@ class Cluster:
                     return False
             return True
 
-        wait_until(ok, timeout, f"membership {want} on nodes {ids}: " + "; ".join(
+        wait_until(ok, timeout, lambda: f"membership {want} on nodes {ids}: " + "; ".join(
             f"n{n}={self.daemons[n].members()}" for n in ids))
 
     def stop_all(self) -> None:

@@ -373,8 +373,9 @@ LIBCPG_CLIENT = Path(__file__).resolve().parents[2] / "bench" / "cpgbench.py"
 
 def test_debian_libcpg_clients_through_our_daemon(lab):
     """Debian's libcpg (ctypes, bench/cpgbench.py's client) on every node of a mixed ring,
-    ours in the middle: each client joins, sees three members, and 300 messages sent from
-    the client on *our* node reach the libcpg clients on the real nodes (and back)."""
+    ours in the middle: each client joins and sees three members; messages sent from our
+    node, from a real node, and from all three at once are delivered in one identical
+    order everywhere (cpgbench's client reports a running sha256 of its delivery order)."""
     if not LIBCPG_CLIENT.exists():
         pytest.skip("bench/cpgbench.py missing")
     for i in (1, 2, 3):
@@ -393,23 +394,22 @@ def test_debian_libcpg_clients_through_our_daemon(lab):
 
         for i in (1, 2, 3):
             assert "ready" in answer(i)  # joined, confchg with 3 members seen
-        for i in (1, 3):
-            procs[i].stdin.write("expect 300\n")
-            procs[i].stdin.flush()
-        procs[2].stdin.write("send 300 1000\n")
-        procs[2].stdin.flush()
-        assert "self_done" in answer(2)
-        for i in (1, 3):
-            assert "last" in answer(i)
-        # and the other way: a real node's libcpg client to ours
-        procs[2].stdin.write("expect 100\n")
-        procs[2].stdin.flush()
-        procs[3].stdin.write("expect 100\n")
-        procs[3].stdin.flush()
-        procs[1].stdin.write("send 100 64000\n")
-        procs[1].stdin.flush()
-        assert "self_done" in answer(1)
-        assert "last" in answer(2) and "last" in answer(3)
+
+        def phase(counts: dict[int, tuple[int, int]], total: int) -> None:
+            """Each client sends its (count, size) and waits for ``total`` deliveries; all
+            three must then hold the same running hash of the delivery order."""
+            for i, (n, size) in counts.items():
+                procs[i].stdin.write(f"phase {n} {size} {total}\n")
+                procs[i].stdin.flush()
+            results = {i: answer(i) for i in counts}
+            assert len({r["hash"] for r in results.values()}) == 1, results
+
+        # 300 messages from the client on our node reach the libcpg clients on the real nodes
+        phase({1: (0, 0), 2: (300, 1000), 3: (0, 0)}, 300)
+        # and the other way: a real node's libcpg client to ours (64000 B: fragmented)
+        phase({1: (100, 64000), 2: (0, 0), 3: (0, 0)}, 100)
+        # everybody at once: one agreed order across the mixed ring
+        phase({1: (200, 100), 2: (200, 100), 3: (200, 100)}, 600)
     finally:
         for p in procs.values():
             if p.poll() is None:
