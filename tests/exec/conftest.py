@@ -27,6 +27,7 @@ import pytest
 sys.modules.setdefault("exec_testlib", sys.modules[__name__])
 
 MEMBERSHIP_RE = re.compile(r"A new membership \((\w+)\.(\w+)\) was formed\. Members(.*)$")
+SYNC_MEMBERS_RE = re.compile(r"\[QUORUM\] Sync members\[\d+\]: ([\d ]+)")
 
 
 def pick_port(ips: Iterable[str] = ("127.0.0.1",)) -> int:
@@ -167,17 +168,37 @@ class Daemon:
         return out
 
     def members(self) -> tuple[int, ...] | None:
-        """Current membership reconstructed from the joined/left lists of the log."""
+        """Current membership, from the log.
+
+        The quorum service logs the full list of each new ring ("[QUORUM] Sync
+        members[N]: ...") right before TOTEM's "A new membership" line; that is used when
+        present.  Otherwise the view is rebuilt as (previous - left) | joined.  Those lists
+        are relative to the transitional set, so a node that is in both (it came from
+        another old ring, e.g. "joined: 1 4 5 left: 1 5") must be removed first and
+        added back, and only the full list is exact in every case."""
         current: set[int] = set()
+        full: set[int] | None = None
         seen = False
-        for _rid, rest in self.memberships():
+        for line in self.log().splitlines():
+            m_full = SYNC_MEMBERS_RE.search(line)
+            if m_full:
+                full = {int(x) for x in m_full.group(1).split()}
+                continue
+            m = MEMBERSHIP_RE.search(line)
+            if not m:
+                continue
             seen = True
-            m_j = re.search(r"joined: ([\d ]+?)(?: left:|$)", rest)
-            m_l = re.search(r"left: ([\d ]+)$", rest)
-            if m_j:
-                current |= {int(x) for x in m_j.group(1).split()}
-            if m_l:
-                current -= {int(x) for x in m_l.group(1).split()}
+            if full is not None:
+                current = full
+            else:
+                rest = m.group(3)
+                m_j = re.search(r"joined: ([\d ]+?)(?: left:|$)", rest)
+                m_l = re.search(r"left: ([\d ]+)$", rest)
+                if m_l:
+                    current -= {int(x) for x in m_l.group(1).split()}
+                if m_j:
+                    current |= {int(x) for x in m_j.group(1).split()}
+            full = None
             current.add(self.nodeid)
         return tuple(sorted(current)) if seen else None
 
