@@ -77,6 +77,10 @@ class _Api:
             # only offered when the driver has timers (services probe with getattr)
             self.timer_add = host.timer_add
             self.timer_del = host.timer_del
+        for name, fn in host.hooks.items():
+            # optional executive hooks (``reload_config``, ``reopen_log_files``,
+            # ``fatal_exit``, ``node_status`` …): present only when the driver gives them
+            setattr(self, name, fn)
 
     def mcast(self, message: bytes, guarantee: Guarantee = Guarantee.AGREED) -> None:
         self._host._send(GROUP_A, message, guarantee)
@@ -192,8 +196,17 @@ class ServiceHost:
                  timer_add: Callable[[int, Callable[[], None]], Any] | None = None,
                  timer_del: Callable[[Any], None] | None = None,
                  queue_usage: Callable[[], float] | None = None,
-                 log_sync_completed: bool = True) -> None:
+                 log_sync_completed: bool = True,
+                 hooks: dict[str, Callable[..., Any]] | None = None) -> None:
         self.nodeid = nodeid
+        #: executive hooks offered to every service's API as attributes (services probe
+        #: them with getattr); a name clashing with the API's own methods is refused
+        self.hooks: dict[str, Callable[..., Any]] = dict(hooks or {})
+        clash = set(self.hooks) & {"mcast", "send_ok", "log", "log_limited",
+                                   "shutdown_request", "nodeid", "cmap", "timer_add",
+                                   "timer_del"}
+        if clash:
+            raise ValueError(f"hooks may not replace the service API: {sorted(clash)}")
         self.cmap = cmap
         self._mcast = mcast
         self._send_ok = send_ok
