@@ -22,6 +22,7 @@ from typing import Any, Final, TypeVar
 from attrs import frozen
 
 from corosync.lib.ipc import AsyncIpcClient, IpcClient, IpcError
+from corosync.lib.ipc import CsError as CsErrorCode  # the one cs_error_t enum
 
 __all__ = [
     "CsErrorCode", "CsError", "DispatchFlags", "TrackFlags", "cs_strerror", "Request",
@@ -30,48 +31,13 @@ __all__ = [
 ]
 
 
-class CsErrorCode(enum.IntEnum):
-    """corosync's ``cs_error_t``.  Note CS_OK is 1, not 0 (spec/ipc-wire.md §4.0)."""
-
-    CS_OK = 1
-    CS_ERR_LIBRARY = 2
-    CS_ERR_VERSION = 3
-    CS_ERR_INIT = 4
-    CS_ERR_TIMEOUT = 5
-    CS_ERR_TRY_AGAIN = 6
-    CS_ERR_INVALID_PARAM = 7
-    CS_ERR_NO_MEMORY = 8
-    CS_ERR_BAD_HANDLE = 9
-    CS_ERR_BUSY = 10
-    CS_ERR_ACCESS = 11
-    CS_ERR_NOT_EXIST = 12
-    CS_ERR_NAME_TOO_LONG = 13
-    CS_ERR_EXIST = 14
-    CS_ERR_NO_SPACE = 15
-    CS_ERR_INTERRUPT = 16
-    CS_ERR_NAME_NOT_FOUND = 17
-    CS_ERR_NO_RESOURCES = 18
-    CS_ERR_NOT_SUPPORTED = 19
-    CS_ERR_BAD_OPERATION = 20
-    CS_ERR_FAILED_OPERATION = 21
-    CS_ERR_MESSAGE_ERROR = 22
-    CS_ERR_QUEUE_FULL = 23
-    CS_ERR_QUEUE_NOT_AVAILABLE = 24
-    CS_ERR_BAD_FLAGS = 25
-    CS_ERR_TOO_BIG = 26
-    CS_ERR_NO_SECTIONS = 27
-    CS_ERR_CONTEXT_NOT_FOUND = 28
-    CS_ERR_TOO_MANY_GROUPS = 30
-    CS_ERR_SECURITY = 100
-
-
 def cs_strerror(code: int) -> str:
     """The text corosync's ``cs_strerror`` prints: the enum name, "success" for CS_OK and
     "unknown error" for anything else (the tools print these verbatim)."""
-    if code == CsErrorCode.CS_OK:
+    if code == CsErrorCode.OK:
         return "success"
     try:
-        return CsErrorCode(code).name
+        return CsErrorCode(code).c_name
     except ValueError:
         return "unknown error"
 
@@ -162,7 +128,7 @@ def _refused_send(step: Step, exc: IpcError) -> Reply:
     retry it (libcpg retries fragments).  ``request_raw`` sends before it waits, so EAGAIN
     always means nothing is in flight.  Any other failure is raised."""
     if isinstance(step, Request) and exc.errno == errno.EAGAIN:
-        return Reply(-1, CsErrorCode.CS_ERR_TRY_AGAIN, b"")
+        return Reply(-1, CsErrorCode.ERR_TRY_AGAIN, b"")
     raise _ipc_failure(exc) from None
 
 
@@ -211,7 +177,7 @@ async def run_async(client: AsyncIpcClient, plan: Plan[T], timeout: float | None
             except IpcError as exc:
                 reply = _refused_send(step, exc)
             except ValueError as exc:   # AsyncIpcClient surfaces a bad header as ValueError
-                raise CsError(CsErrorCode.CS_ERR_MESSAGE_ERROR, str(exc)) from None
+                raise CsError(CsErrorCode.ERR_MESSAGE_ERROR, str(exc)) from None
     finally:
         plan.close()
 
@@ -219,8 +185,8 @@ async def run_async(client: AsyncIpcClient, plan: Plan[T], timeout: float | None
 def check(reply: Reply | None, what: str) -> Reply:
     """Raise :class:`CsError` unless ``reply`` says CS_OK; return it otherwise."""
     if reply is None:
-        raise CsError(CsErrorCode.CS_ERR_LIBRARY, f"{what}: no response")
-    if reply.error != CsErrorCode.CS_OK:
+        raise CsError(CsErrorCode.ERR_LIBRARY, f"{what}: no response")
+    if reply.error != CsErrorCode.OK:
         raise CsError(reply.error, what)
     return reply
 

@@ -42,7 +42,7 @@ def _u32(payload: bytes, what: str) -> int:
     try:
         return proto.dec_u32(payload, what)
     except ProtoError as exc:
-        raise CsError(CsErrorCode.CS_ERR_MESSAGE_ERROR, str(exc)) from None
+        raise CsError(CsErrorCode.ERR_MESSAGE_ERROR, str(exc)) from None
 
 
 def _addrs(reply: Any) -> list[str]:

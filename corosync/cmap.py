@@ -108,29 +108,29 @@ def _typed(vtype: int, raw: bytes) -> CmapValue:
         t = ValueType(vtype)
         return CmapValue(t, proto.decode_value(t, raw))
     except (ValueError, ProtoError) as exc:
-        raise CsError(CsErrorCode.CS_ERR_MESSAGE_ERROR, f"undecodable value: {exc}") from None
+        raise CsError(CsErrorCode.ERR_MESSAGE_ERROR, f"undecodable value: {exc}") from None
 
 
 def _request(req: Any) -> Request:
     try:
         body = req.encode()
     except ProtoError as exc:
-        code = (CsErrorCode.CS_ERR_NAME_TOO_LONG if "too long" in str(exc)
-                else CsErrorCode.CS_ERR_INVALID_PARAM)
+        code = (CsErrorCode.ERR_NAME_TOO_LONG if "too long" in str(exc)
+                else CsErrorCode.ERR_INVALID_PARAM)
         raise CsError(code, str(exc)) from None
     return Request(pack_request(req.ID, body))
 
 
 def _check_key(key: str) -> None:
     if len(key.encode("utf-8", "surrogateescape")) >= CS_MAX_NAME_LENGTH:
-        raise CsError(CsErrorCode.CS_ERR_NAME_TOO_LONG, key)
+        raise CsError(CsErrorCode.ERR_NAME_TOO_LONG, key)
 
 
 def _decode(cls: Any, reply: Reply, what: str) -> Any:
     try:
         return cls.decode(reply.payload)
     except ProtoError as exc:
-        raise CsError(CsErrorCode.CS_ERR_MESSAGE_ERROR, f"{what}: {exc}") from None
+        raise CsError(CsErrorCode.ERR_MESSAGE_ERROR, f"{what}: {exc}") from None
 
 
 class _CmapProtocol:
@@ -164,11 +164,11 @@ class _CmapProtocol:
             try:
                 full = yield from self._plan_get_raw(key, probe.value_len)
             except CsError as exc:
-                if exc.code == CsErrorCode.CS_ERR_INVALID_PARAM:
+                if exc.code == CsErrorCode.ERR_INVALID_PARAM:
                     continue        # the value grew between the two requests
                 raise
             return _typed(full.type, full.value)
-        raise CsError(CsErrorCode.CS_ERR_TRY_AGAIN, f"get {key}: value keeps changing")
+        raise CsError(CsErrorCode.ERR_TRY_AGAIN, f"get {key}: value keeps changing")
 
     def _plan_get_typed(self, key: str, vtype: ValueType) -> Plan[Value]:
         if vtype is ValueType.STRING or vtype is ValueType.BINARY:
@@ -177,7 +177,7 @@ class _CmapProtocol:
             res = yield from self._plan_get_raw(key, _TYPED_GET_LEN)
             value = _typed(res.type, res.value)
         if value.type is not vtype:
-            raise CsError(CsErrorCode.CS_ERR_INVALID_PARAM,
+            raise CsError(CsErrorCode.ERR_INVALID_PARAM,
                           f"{key} is {value.type.name}, not {vtype.name}")
         return value.value
 
@@ -187,7 +187,7 @@ class _CmapProtocol:
         try:
             raw = proto.encode_value(ValueType(vtype), value)
         except (ProtoError, ValueError) as exc:
-            raise CsError(CsErrorCode.CS_ERR_INVALID_PARAM, str(exc)) from None
+            raise CsError(CsErrorCode.ERR_INVALID_PARAM, str(exc)) from None
         check((yield _request(proto.SetRequest(key, vtype, raw))), f"set {key}")
 
     @staticmethod
@@ -209,13 +209,13 @@ class _CmapProtocol:
     @staticmethod
     def _plan_iter_next(handle: int) -> Plan[IterEntry | None]:
         reply = yield _request(proto.IterNextRequest(handle))
-        if reply is not None and reply.error == CsErrorCode.CS_ERR_NO_SECTIONS:
+        if reply is not None and reply.error == CsErrorCode.ERR_NO_SECTIONS:
             return None
         res = _decode(proto.IterNextResponse, check(reply, "iter_next"), "iter_next")
         try:
             vtype = ValueType(res.type)
         except ValueError:
-            raise CsError(CsErrorCode.CS_ERR_MESSAGE_ERROR,
+            raise CsError(CsErrorCode.ERR_MESSAGE_ERROR,
                           f"iter_next: unknown type {res.type}") from None
         return IterEntry(res.key, res.value_len, vtype)
 
@@ -290,7 +290,7 @@ class Cmap(_CmapProtocol):
 
     def _run(self, plan: Plan[Any]) -> Any:
         if self._finalized:
-            raise CsError(CsErrorCode.CS_ERR_BAD_HANDLE, "handle finalized")
+            raise CsError(CsErrorCode.ERR_BAD_HANDLE, "handle finalized")
         return run_blocking(self._client, plan)
 
     # -- values -------------------------------------------------------------------------------
@@ -305,7 +305,7 @@ class Cmap(_CmapProtocol):
         try:
             return res.value_len, ValueType(res.type)
         except ValueError:
-            raise CsError(CsErrorCode.CS_ERR_MESSAGE_ERROR,
+            raise CsError(CsErrorCode.ERR_MESSAGE_ERROR,
                           f"get {key}: unknown type {res.type}") from None
 
     def get_typed(self, key: str, vtype: ValueType) -> Value:
@@ -431,7 +431,7 @@ class Cmap(_CmapProtocol):
             try:
                 yield entry.key, self.get(entry.key)
             except CsError as exc:
-                if exc.code != CsErrorCode.CS_ERR_NOT_EXIST:
+                if exc.code != CsErrorCode.ERR_NOT_EXIST:
                     raise
 
     # -- tracking -----------------------------------------------------------------------------
@@ -524,7 +524,7 @@ class AsyncCmap(_CmapProtocol):
 
     async def _run(self, plan: Plan[Any]) -> Any:
         if self._finalized:
-            raise CsError(CsErrorCode.CS_ERR_BAD_HANDLE, "handle finalized")
+            raise CsError(CsErrorCode.ERR_BAD_HANDLE, "handle finalized")
         return await run_async(self._client, plan)
 
     async def get(self, key: str) -> CmapValue:

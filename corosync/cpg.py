@@ -88,7 +88,7 @@ TotemConfchgFn = Callable[[Any, RingId, list[int]], None]
 def _group(group: bytes | str) -> bytes:
     raw = group.encode("utf-8", "surrogateescape") if isinstance(group, str) else bytes(group)
     if len(raw) > CPG_MAX_NAME_LENGTH:
-        raise CsError(CsErrorCode.CS_ERR_NAME_TOO_LONG,
+        raise CsError(CsErrorCode.ERR_NAME_TOO_LONG,
                       f"group name of {len(raw)} bytes (max {CPG_MAX_NAME_LENGTH})")
     return raw
 
@@ -101,7 +101,7 @@ def _decode(cls: Any, reply: Reply, what: str) -> Any:
     try:
         return cls.decode(reply.payload)
     except ProtoError as exc:
-        raise CsError(CsErrorCode.CS_ERR_MESSAGE_ERROR, f"{what}: {exc}") from None
+        raise CsError(CsErrorCode.ERR_MESSAGE_ERROR, f"{what}: {exc}") from None
 
 
 class _CpgProtocol:
@@ -125,7 +125,7 @@ class _CpgProtocol:
         req = proto.JoinRequest(_group(group), os.getpid(), int(self.flags))
         while True:
             reply = yield _request(req)
-            if reply is not None and reply.error == CsErrorCode.CS_ERR_BUSY:
+            if reply is not None and reply.error == CsErrorCode.ERR_BUSY:
                 yield Pause(_JOIN_BUSY_PAUSE)
                 continue
             check(reply, "join")
@@ -153,7 +153,7 @@ class _CpgProtocol:
             raw = proto.partial_message(int(guarantee), len(message), ptype, fragment)
             for _attempt in range(_FRAGMENT_RETRIES + 1):
                 reply = yield Request(raw)
-                if reply is None or reply.error != CsErrorCode.CS_ERR_TRY_AGAIN:
+                if reply is None or reply.error != CsErrorCode.ERR_TRY_AGAIN:
                     break
                 yield Pause(_FRAGMENT_RETRY_PAUSE)
             check(reply, "mcast_joined (fragment)")
@@ -171,7 +171,7 @@ class _CpgProtocol:
     @staticmethod
     def _plan_iter_init(itype: IterationType, group: bytes | str | None) -> Plan[int]:
         if itype == IterationType.ONE_GROUP and group is None:
-            raise CsError(CsErrorCode.CS_ERR_INVALID_PARAM, "ONE_GROUP needs a group")
+            raise CsError(CsErrorCode.ERR_INVALID_PARAM, "ONE_GROUP needs a group")
         req = proto.IterationInitializeRequest(int(itype), _group(group or b""))
         reply = check((yield _request(req)), "iteration_initialize")
         return _decode(proto.IterationInitializeResponse, reply,  # type: ignore
@@ -180,7 +180,7 @@ class _CpgProtocol:
     @staticmethod
     def _plan_iter_next(handle: int) -> Plan[IterationDescription | None]:
         reply = yield _request(proto.IterationNextRequest(handle))
-        if reply is not None and reply.error == CsErrorCode.CS_ERR_NO_SECTIONS:
+        if reply is not None and reply.error == CsErrorCode.ERR_NO_SECTIONS:
             return None
         return _decode(IterationDescription, check(reply, "iteration_next"),  # type: ignore
                        "iteration_next")
@@ -298,7 +298,7 @@ class Cpg(_CpgProtocol):
 
     def _run(self, plan: Plan[Any]) -> Any:
         if self._finalized:
-            raise CsError(CsErrorCode.CS_ERR_BAD_HANDLE, "handle finalized")
+            raise CsError(CsErrorCode.ERR_BAD_HANDLE, "handle finalized")
         return run_blocking(self._client, plan)
 
     def join(self, group: bytes | str) -> None:
@@ -440,7 +440,7 @@ class AsyncCpg(_CpgProtocol):
 
     async def _run(self, plan: Plan[Any]) -> Any:
         if self._finalized:
-            raise CsError(CsErrorCode.CS_ERR_BAD_HANDLE, "handle finalized")
+            raise CsError(CsErrorCode.ERR_BAD_HANDLE, "handle finalized")
         return await run_async(self._client, plan)
 
     async def join(self, group: bytes | str) -> None:

@@ -80,7 +80,7 @@ class ServiceHandle:
 
     def _call_raw(self, msg_id: int, body: bytes = b"") -> Reply:
         if self._finalized:
-            raise CsError(CsErrorCode.CS_ERR_BAD_HANDLE, "handle finalized")
+            raise CsError(CsErrorCode.ERR_BAD_HANDLE, "handle finalized")
 
         def plan():  # type: ignore[no-untyped-def]
             reply = yield Request(pack_request(msg_id, body))
@@ -157,7 +157,7 @@ class AsyncServiceHandle:
 
     async def _call_raw(self, msg_id: int, body: bytes = b"") -> Reply:
         if self._finalized:
-            raise CsError(CsErrorCode.CS_ERR_BAD_HANDLE, "handle finalized")
+            raise CsError(CsErrorCode.ERR_BAD_HANDLE, "handle finalized")
 
         def plan():  # type: ignore[no-untyped-def]
             reply = yield Request(pack_request(msg_id, body))
@@ -210,7 +210,7 @@ def decode_reply(cls: Any, reply: Reply, what: str) -> Any:
     try:
         return cls.decode(reply.payload)
     except ProtoError as exc:
-        raise CsError(CsErrorCode.CS_ERR_MESSAGE_ERROR, f"{what}: {exc}") from None
+        raise CsError(CsErrorCode.ERR_MESSAGE_ERROR, f"{what}: {exc}") from None
 
 
 # ------------------------------------------------------------------------------------------
@@ -273,7 +273,7 @@ def _model_request(model: int) -> tuple[int, bytes]:
         return proto.REQ_GETTYPE, b""
     if model == MODEL_V1:
         return proto.REQ_MODEL_GETTYPE, proto.encode_u32(model)
-    raise CsError(CsErrorCode.CS_ERR_INVALID_PARAM, f"unknown quorum model {model}")
+    raise CsError(CsErrorCode.ERR_INVALID_PARAM, f"unknown quorum model {model}")
 
 
 class Quorum(_QuorumEvents, ServiceHandle):
@@ -301,7 +301,7 @@ class Quorum(_QuorumEvents, ServiceHandle):
         except (CsError, ProtoError) as exc:
             handle.finalize()
             if isinstance(exc, ProtoError):
-                raise CsError(CsErrorCode.CS_ERR_MESSAGE_ERROR, str(exc)) from None
+                raise CsError(CsErrorCode.ERR_MESSAGE_ERROR, str(exc)) from None
             raise
         return handle
 
@@ -310,7 +310,7 @@ class Quorum(_QuorumEvents, ServiceHandle):
         try:
             return bool(proto.decode_u32(reply.payload, "getquorate"))
         except ProtoError as exc:
-            raise CsError(CsErrorCode.CS_ERR_MESSAGE_ERROR, str(exc)) from None
+            raise CsError(CsErrorCode.ERR_MESSAGE_ERROR, str(exc)) from None
 
     def trackstart(self, flags: TrackFlags | int = TrackFlags.CHANGES) -> None:
         self._call(proto.REQ_TRACKSTART, proto.encode_u32(int(flags)), "quorum trackstart")
@@ -343,7 +343,7 @@ class AsyncQuorum(_QuorumEvents, AsyncServiceHandle):
         except (CsError, ProtoError) as exc:
             handle.finalize()
             if isinstance(exc, ProtoError):
-                raise CsError(CsErrorCode.CS_ERR_MESSAGE_ERROR, str(exc)) from None
+                raise CsError(CsErrorCode.ERR_MESSAGE_ERROR, str(exc)) from None
             raise
         return handle
 
@@ -352,7 +352,7 @@ class AsyncQuorum(_QuorumEvents, AsyncServiceHandle):
         try:
             return bool(proto.decode_u32(reply.payload, "getquorate"))
         except ProtoError as exc:
-            raise CsError(CsErrorCode.CS_ERR_MESSAGE_ERROR, str(exc)) from None
+            raise CsError(CsErrorCode.ERR_MESSAGE_ERROR, str(exc)) from None
 
     async def trackstart(self, flags: TrackFlags | int = TrackFlags.CHANGES) -> None:
         await self._call(proto.REQ_TRACKSTART, proto.encode_u32(int(flags)), "quorum trackstart")

@@ -196,7 +196,7 @@ class FrameDecoder:
 
 
 def encode_reply(error: int) -> bytes:
-    return _REPLY.pack(0 if error == CsErrorCode.CS_OK else 1, int(error))
+    return _REPLY.pack(0 if error == CsErrorCode.OK else 1, int(error))
 
 
 def decode_reply(raw: bytes) -> int:
@@ -205,8 +205,8 @@ def decode_reply(raw: bytes) -> int:
         raise ProtocolError(f"reply of {len(raw)} bytes")
     status, error = _REPLY.unpack(raw)
     if status == 0:
-        return CsErrorCode.CS_OK
-    if status != 1 or error == CsErrorCode.CS_OK:
+        return CsErrorCode.OK
+    if status != 1 or error == CsErrorCode.OK:
         raise ProtocolError(f"bad reply status {status} / error {error}")
     return error
 
@@ -313,19 +313,19 @@ class IpcQuorumSource:
 
         try:
             res_id, error, payload = self._client.request(_Q_REQ_GETTYPE, b"", timeout)
-            if res_id != _Q_RES_GETTYPE or error != CsErrorCode.CS_OK or len(payload) < 4:
-                raise CsError(error if error != CsErrorCode.CS_OK
-                              else CsErrorCode.CS_ERR_MESSAGE_ERROR, "quorum GETTYPE")
+            if res_id != _Q_RES_GETTYPE or error != CsErrorCode.OK or len(payload) < 4:
+                raise CsError(error if error != CsErrorCode.OK
+                              else CsErrorCode.ERR_MESSAGE_ERROR, "quorum GETTYPE")
             self.quorum_type = struct.unpack_from("<I", payload)[0]
             _res, error, _ = self._client.request(
                 _Q_REQ_TRACKSTART, struct.pack("<I4x", _Q_TRACK_CHANGES), timeout)
-            if error != CsErrorCode.CS_OK:
+            if error != CsErrorCode.OK:
                 raise CsError(error, "quorum TRACKSTART")
             deadline = time.monotonic() + timeout
             while self._quorate is None:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise CsError(CsErrorCode.CS_ERR_TIMEOUT, "quorum: no initial notification")
+                    raise CsError(CsErrorCode.ERR_TIMEOUT, "quorum: no initial notification")
                 event = self._client.recv_event(left)
                 if event is not None:
                     self._handle(event)
@@ -537,13 +537,13 @@ class _Watchdog:
     def _cmap(self, what: Callable[[_CmapKeys], None]) -> int:
         keys = self.sam._cmap_keys
         if keys is None:
-            return CsErrorCode.CS_OK
+            return CsErrorCode.OK
         try:
             what(keys)
         except CsError as exc:
             log.warning("sam: cmap update failed: %s", exc)
             return int(exc.code)
-        return CsErrorCode.CS_OK
+        return CsErrorCode.OK
 
     # -- commands -----------------------------------------------------------------------------
 
@@ -557,23 +557,23 @@ class _Watchdog:
         if cmd is Command.START:
             self._on_start()
         elif cmd is Command.STOP:
-            error = CsErrorCode.CS_OK
+            error = CsErrorCode.OK
             if self.started or self.start_pending:
                 error = self._cmap(lambda k: k.state(CMAP_STATE_STOPPED))
-                if error == CsErrorCode.CS_OK:
+                if error == CsErrorCode.OK:
                     self.started = self.start_pending = False
                     self._arm_hc()
             self._reply(error)
         elif cmd is Command.DATA_STORE:
             self.sam._data = frame.body
-            self._reply(CsErrorCode.CS_OK)
+            self._reply(CsErrorCode.OK)
         elif cmd is Command.WARN_SIGNAL_SET:
             (sig,) = _I32.unpack(frame.body)
-            error = CsErrorCode.CS_OK
+            error = CsErrorCode.OK
             try:
                 self.sam.warn_signal = signal.Signals(sig)
             except ValueError:
-                error = CsErrorCode.CS_ERR_INVALID_PARAM
+                error = CsErrorCode.ERR_INVALID_PARAM
             self._reply(error)
         elif cmd is Command.MARK_FAILED:
             # libsam: no warning signal, and no restart afterwards whatever the policy
@@ -584,12 +584,12 @@ class _Watchdog:
 
     def _on_start(self) -> None:
         if self.started or self.start_pending:
-            self._reply(CsErrorCode.CS_OK)
+            self._reply(CsErrorCode.OK)
             return
         if self.sam.recovery_policy & RecoveryPolicy.QUORUM:
             source = self.sam._quorum
             if source is None:
-                self._reply(CsErrorCode.CS_ERR_LIBRARY)
+                self._reply(CsErrorCode.ERR_LIBRARY)
                 return
             if not source.quorate:
                 self.start_pending = True
@@ -600,7 +600,7 @@ class _Watchdog:
     def _become_started(self) -> None:
         error = self._cmap(lambda k: k.state(CMAP_STATE_RUNNING))
         self.start_pending = False
-        if error == CsErrorCode.CS_OK:
+        if error == CsErrorCode.OK:
             self.started = True
             self._arm_hc()
         self._reply(error)
@@ -712,12 +712,12 @@ class Sam:
         try:
             policy = RecoveryPolicy(recovery_policy)
         except ValueError:
-            raise CsError(CsErrorCode.CS_ERR_INVALID_PARAM,
+            raise CsError(CsErrorCode.ERR_INVALID_PARAM,
                           f"recovery policy {recovery_policy!r}") from None
         if int(policy) & ~int(_FLAGS) not in (RecoveryPolicy.QUIT, RecoveryPolicy.RESTART):
-            raise CsError(CsErrorCode.CS_ERR_INVALID_PARAM, f"recovery policy {policy!r}")
+            raise CsError(CsErrorCode.ERR_INVALID_PARAM, f"recovery policy {policy!r}")
         if not isinstance(time_interval, int) or time_interval < 0:
-            raise CsError(CsErrorCode.CS_ERR_INVALID_PARAM, f"time_interval {time_interval!r}")
+            raise CsError(CsErrorCode.ERR_INVALID_PARAM, f"time_interval {time_interval!r}")
         self.time_interval = time_interval
         self.recovery_policy = policy
         #: the policy the watchdog acts on (mark_failed turns RESTART into QUIT)
@@ -749,7 +749,7 @@ class Sam:
 
     def _require(self, *states: State) -> None:
         if self.state not in states:
-            raise CsError(CsErrorCode.CS_ERR_BAD_HANDLE, f"not allowed while {self.state.value}")
+            raise CsError(CsErrorCode.ERR_BAD_HANDLE, f"not allowed while {self.state.value}")
 
     _LIVE: Final = (State.INITIALIZED, State.REGISTERED, State.STARTED)
 
@@ -769,10 +769,10 @@ class Sam:
                     signal.pthread_sigmask(signal.SIG_SETMASK, old)
                 if command in _ANSWERED:
                     error = decode_reply(_read_exact(self._child_in, _REPLY.size))
-                    if error != CsErrorCode.CS_OK:
+                    if error != CsErrorCode.OK:
                         raise CsError(error, f"watchdog refused {command.name}")
             except (OSError, EOFError, ProtocolError) as exc:
-                raise CsError(CsErrorCode.CS_ERR_LIBRARY, f"watchdog unreachable: {exc!r}") \
+                raise CsError(CsErrorCode.ERR_LIBRARY, f"watchdog unreachable: {exc!r}") \
                     from None
 
     # -- data store ---------------------------------------------------------------------------
@@ -796,7 +796,7 @@ class Sam:
         self._require(*self._LIVE)
         raw = b"" if data is None else bytes(data)
         if len(raw) > MAX_DATA_SIZE:
-            raise CsError(CsErrorCode.CS_ERR_TOO_BIG, f"{len(raw)} bytes > {MAX_DATA_SIZE}")
+            raise CsError(CsErrorCode.ERR_TOO_BIG, f"{len(raw)} bytes > {MAX_DATA_SIZE}")
         with self._lock:
             if self.is_child:
                 self._exchange(Command.DATA_STORE, raw)
@@ -810,7 +810,7 @@ class Sam:
         try:
             valid = signal.Signals(sig)
         except ValueError:
-            raise CsError(CsErrorCode.CS_ERR_INVALID_PARAM, f"signal {sig!r}") from None
+            raise CsError(CsErrorCode.ERR_INVALID_PARAM, f"signal {sig!r}") from None
         with self._lock:
             if self.is_child:
                 self._exchange(Command.WARN_SIGNAL_SET, _I32.pack(valid))
@@ -825,7 +825,7 @@ class Sam:
         global _registered_in_this_process
         self._require(State.INITIALIZED)
         if _registered_in_this_process:
-            raise CsError(CsErrorCode.CS_ERR_BAD_HANDLE, "this process is already registered")
+            raise CsError(CsErrorCode.ERR_BAD_HANDLE, "this process is already registered")
         if self.recovery_policy & RecoveryPolicy.CMAP:
             self._cmap = self._cmap_factory()
             self._cmap_keys = _CmapKeys(self._cmap, os.getpid())
@@ -854,7 +854,7 @@ class Sam:
                 self.instance_id -= 1
                 for fd in (cmd_r, cmd_w, rep_r, rep_w):
                     os.close(fd)
-                raise CsError(CsErrorCode.CS_ERR_LIBRARY, f"fork: {exc}") from None
+                raise CsError(CsErrorCode.ERR_LIBRARY, f"fork: {exc}") from None
             if pid == 0:
                 os.close(cmd_r)
                 os.close(rep_w)
@@ -934,7 +934,7 @@ class Sam:
         and the cmap ``state`` key says "failed".  Needs the CMAP policy flag."""
         self._require(State.REGISTERED, State.STARTED)
         if not self.recovery_policy & RecoveryPolicy.CMAP:
-            raise CsError(CsErrorCode.CS_ERR_INVALID_PARAM, "mark_failed needs RecoveryPolicy.CMAP")
+            raise CsError(CsErrorCode.ERR_INVALID_PARAM, "mark_failed needs RecoveryPolicy.CMAP")
         self._exchange(Command.MARK_FAILED)
 
     def hc_callback_register(self, callback: Callable[[], bool] | None) -> None:
@@ -944,10 +944,10 @@ class Sam:
         watchdog's timeout does the rest.  None switches back to :meth:`hc_send`."""
         self._require(State.REGISTERED)
         if self.time_interval == 0:
-            raise CsError(CsErrorCode.CS_ERR_INVALID_PARAM, "no time_interval to check against")
+            raise CsError(CsErrorCode.ERR_INVALID_PARAM, "no time_interval to check against")
         if self._hc_thread is None:
             if callback is None:
-                raise CsError(CsErrorCode.CS_ERR_INVALID_PARAM, "callback is None")
+                raise CsError(CsErrorCode.ERR_INVALID_PARAM, "callback is None")
             self._hc_callback = callback
             self._hc_thread = threading.Thread(target=self._hc_loop, name="sam-hc", daemon=True)
             self._hc_thread.start()

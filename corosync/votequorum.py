@@ -96,7 +96,7 @@ def _encode(fn: Callable[..., bytes], *args: Any) -> bytes:
     try:
         return fn(*args)
     except ProtoError as exc:
-        raise CsError(CsErrorCode.CS_ERR_INVALID_PARAM, str(exc)) from None
+        raise CsError(CsErrorCode.ERR_INVALID_PARAM, str(exc)) from None
 
 
 class Votequorum(_VqEvents, ServiceHandle):

@@ -34,6 +34,8 @@ from typing import Any
 
 from attrs import define, frozen
 
+from ..lib.ipc import CsError  # noqa: F401  (the store's errors are cs_error_t values)
+
 
 class CmapType(enum.IntEnum):
     """cmap value types with corosync's numbering (cmap.h ``cmap_value_types_t``)."""
@@ -91,17 +93,6 @@ _INT_RANGES: dict[CmapType, tuple[int, int]] = {
 def int_range(t: CmapType) -> tuple[int, int]:
     """(min, max) of an integer cmap type."""
     return _INT_RANGES[t]
-
-
-class CsError(enum.IntEnum):
-    """corosync's ``cs_error_t`` values that the store can return (corotypes.h)."""
-
-    OK = 1
-    INVALID_PARAM = 7
-    ACCESS = 11
-    NOT_EXIST = 12
-    NAME_TOO_LONG = 13
-    EXIST = 14
 
 
 class CmapError(Exception):
@@ -184,7 +175,7 @@ class _Tracker:
 def check_key_name(key: str) -> None:
     """Raise CmapError(NAME_TOO_LONG) for a key corosync would refuse (icmap rules)."""
     if not (KEYNAME_MINLEN <= len(key) <= KEYNAME_MAXLEN) or not _KEY_CHARS.issuperset(key):
-        raise CmapError(CsError.NAME_TOO_LONG, f"invalid key name {key!r}")
+        raise CmapError(CsError.ERR_NAME_TOO_LONG, f"invalid key name {key!r}")
 
 
 def check_value(t: CmapType, value: Any) -> Any:
@@ -192,28 +183,28 @@ def check_value(t: CmapType, value: Any) -> Any:
     t = CmapType(t)
     if t.is_integer:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise CmapError(CsError.INVALID_PARAM, f"{t.name} needs an int, got {value!r}")
+            raise CmapError(CsError.ERR_INVALID_PARAM, f"{t.name} needs an int, got {value!r}")
         lo, hi = _INT_RANGES[t]
         if not lo <= value <= hi:
-            raise CmapError(CsError.INVALID_PARAM, f"{value} out of range for {t.name} ({lo}..{hi})")
+            raise CmapError(CsError.ERR_INVALID_PARAM, f"{value} out of range for {t.name} ({lo}..{hi})")
         return value
     if t in (CmapType.FLOAT, CmapType.DOUBLE):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise CmapError(CsError.INVALID_PARAM, f"{t.name} needs a number, got {value!r}")
+            raise CmapError(CsError.ERR_INVALID_PARAM, f"{t.name} needs a number, got {value!r}")
         value = float(value)
         if t is CmapType.FLOAT and math.isfinite(value):
             # store what a C float can hold, so get() returns what a client would see
             try:
                 value = struct.unpack("<f", struct.pack("<f", value))[0]
             except OverflowError:
-                raise CmapError(CsError.INVALID_PARAM, f"{value} does not fit a FLOAT") from None
+                raise CmapError(CsError.ERR_INVALID_PARAM, f"{value} does not fit a FLOAT") from None
         return value
     if t is CmapType.STRING:
         if not isinstance(value, str) or "\0" in value:
-            raise CmapError(CsError.INVALID_PARAM, f"STRING needs a str without NUL, got {value!r}")
+            raise CmapError(CsError.ERR_INVALID_PARAM, f"STRING needs a str without NUL, got {value!r}")
         return value
     if not isinstance(value, (bytes, bytearray, memoryview)):
-        raise CmapError(CsError.INVALID_PARAM, f"BINARY needs bytes, got {type(value).__name__}")
+        raise CmapError(CsError.ERR_INVALID_PARAM, f"BINARY needs bytes, got {type(value).__name__}")
     return bytes(value)
 
 
@@ -254,14 +245,14 @@ class CmapStore:
         try:
             return self._values[key]
         except KeyError:
-            raise CmapError(CsError.NOT_EXIST, f"key {key!r} does not exist") from None
+            raise CmapError(CsError.ERR_NOT_EXIST, f"key {key!r} does not exist") from None
 
     def get(self, key: str, default: Any = ...) -> Any:
         """The value of ``key`` (``default`` if given and the key is absent)."""
         entry = self._values.get(key)
         if entry is None:
             if default is ...:
-                raise CmapError(CsError.NOT_EXIST, f"key {key!r} does not exist")
+                raise CmapError(CsError.ERR_NOT_EXIST, f"key {key!r} does not exist")
             return default
         return entry.value
 
@@ -312,7 +303,7 @@ class CmapStore:
 
     def _check_client(self, key: str, client: bool) -> None:
         if client and self.is_key_ro(key):
-            raise CmapError(CsError.ACCESS, f"key {key!r} is read-only")
+            raise CmapError(CsError.ERR_ACCESS, f"key {key!r} is read-only")
 
     # -- writing ---------------------------------------------------------------------
     def set(self, key: str, value: Any, type: CmapType, *, client: bool = False) -> None:
@@ -342,7 +333,7 @@ class CmapStore:
         self._check_client(key, client)
         old = self._values.pop(key, None)
         if old is None:
-            raise CmapError(CsError.NOT_EXIST, f"key {key!r} does not exist")
+            raise CmapError(CsError.ERR_NOT_EXIST, f"key {key!r} does not exist")
         del self._sorted[bisect.bisect_left(self._sorted, key)]
         self._notify(Track.DELETE, key, None, old)
 
@@ -358,7 +349,7 @@ class CmapStore:
         self._check_client(key, client)
         entry = self.get_entry(key)
         if not entry.type.is_integer:
-            raise CmapError(CsError.INVALID_PARAM, f"key {key!r} is {entry.type.name}, not an integer")
+            raise CmapError(CsError.ERR_INVALID_PARAM, f"key {key!r} is {entry.type.name}, not an integer")
         lo, hi = _INT_RANGES[entry.type]
         span = hi - lo + 1
         value = (entry.value + step - lo) % span + lo
@@ -380,7 +371,7 @@ class CmapStore:
         """
         flags = Track(flags)
         if not flags & (Track.ADD | Track.DELETE | Track.MODIFY):
-            raise CmapError(CsError.INVALID_PARAM, "track flags select no event")
+            raise CmapError(CsError.ERR_INVALID_PARAM, "track flags select no event")
         handle = self._next_handle
         self._next_handle += 1
         self._trackers[handle] = _Tracker(handle, key, flags, callback)
@@ -388,7 +379,7 @@ class CmapStore:
 
     def track_delete(self, handle: int) -> None:
         if self._trackers.pop(handle, None) is None:
-            raise CmapError(CsError.NOT_EXIST, f"no tracker with handle {handle}")
+            raise CmapError(CsError.ERR_NOT_EXIST, f"no tracker with handle {handle}")
 
     def _notify(self, event: Track, key: str, new: CmapValue | None, old: CmapValue | None) -> None:
         # copy: callbacks may add or delete trackers

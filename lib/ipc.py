@@ -61,57 +61,67 @@ class IpcType(enum.IntEnum):
 
 
 class CsError(enum.IntEnum):
-    """cs_error_t (CS_OK is 1, not 0)."""
+    """corosync's ``cs_error_t`` (corotypes.h) — the one definition in this project.
+
+    The executive's services, the cmap store, the IPC layers and the client libraries all
+    use this enum (the client package re-exports it as ``corosync.CsErrorCode``).  Members
+    are the C names without the ``CS_`` prefix; note CS_OK is 1, not 0."""
 
     OK = 1
-    LIBRARY = 2
-    VERSION = 3
-    INIT = 4
-    TIMEOUT = 5
-    TRY_AGAIN = 6
-    INVALID_PARAM = 7
-    NO_MEMORY = 8
-    BAD_HANDLE = 9
-    BUSY = 10
-    ACCESS = 11
-    NOT_EXIST = 12
-    NAME_TOO_LONG = 13
-    EXIST = 14
-    NO_SPACE = 15
-    INTERRUPT = 16
-    NAME_NOT_FOUND = 17
-    NO_RESOURCES = 18
-    NOT_SUPPORTED = 19
-    BAD_OPERATION = 20
-    FAILED_OPERATION = 21
-    MESSAGE_ERROR = 22
-    QUEUE_FULL = 23
-    QUEUE_NOT_AVAILABLE = 24
-    BAD_FLAGS = 25
-    TOO_BIG = 26
-    NO_SECTIONS = 27
-    CONTEXT_NOT_FOUND = 28
-    TOO_MANY_GROUPS = 30
-    SECURITY = 100
+    ERR_LIBRARY = 2
+    ERR_VERSION = 3
+    ERR_INIT = 4
+    ERR_TIMEOUT = 5
+    ERR_TRY_AGAIN = 6
+    ERR_INVALID_PARAM = 7
+    ERR_NO_MEMORY = 8
+    ERR_BAD_HANDLE = 9
+    ERR_BUSY = 10
+    ERR_ACCESS = 11
+    ERR_NOT_EXIST = 12
+    ERR_NAME_TOO_LONG = 13
+    ERR_EXIST = 14
+    ERR_NO_SPACE = 15
+    ERR_INTERRUPT = 16
+    ERR_NAME_NOT_FOUND = 17
+    ERR_NO_RESOURCES = 18
+    ERR_NOT_SUPPORTED = 19
+    ERR_BAD_OPERATION = 20
+    ERR_FAILED_OPERATION = 21
+    ERR_MESSAGE_ERROR = 22
+    ERR_QUEUE_FULL = 23
+    ERR_QUEUE_NOT_AVAILABLE = 24
+    ERR_BAD_FLAGS = 25
+    ERR_TOO_BIG = 26
+    ERR_NO_SECTIONS = 27
+    ERR_CONTEXT_NOT_FOUND = 28
+    ERR_TOO_MANY_GROUPS = 30
+    ERR_SECURITY = 100
+
+    @property
+    def c_name(self) -> str:
+        """The C enumerator's name (``CS_OK``, ``CS_ERR_TRY_AGAIN`` …): what
+        ``cs_strerror`` prints and what the tools show."""
+        return f"CS_{self.name}"
 
 
 _ERRNO_TO_CS: Final = {
-    errno.EBADF: CsError.BAD_HANDLE, errno.ENOMEM: CsError.NO_MEMORY,
-    errno.ENOMSG: CsError.TRY_AGAIN, errno.ENOBUFS: CsError.TRY_AGAIN,
-    errno.ETIMEDOUT: CsError.TRY_AGAIN, errno.EAGAIN: CsError.TRY_AGAIN,
-    errno.EINVAL: CsError.INVALID_PARAM, errno.EBUSY: CsError.BUSY,
-    errno.EACCES: CsError.ACCESS, errno.EOVERFLOW: CsError.NAME_TOO_LONG,
-    errno.EEXIST: CsError.EXIST, errno.ENOSPC: CsError.NO_SPACE,
-    errno.EINTR: CsError.INTERRUPT, errno.ENOENT: CsError.NOT_EXIST,
-    errno.ENODEV: CsError.NOT_EXIST, errno.ENOSYS: CsError.NOT_SUPPORTED,
-    errno.ENOTSUP: CsError.NOT_SUPPORTED, errno.EBADMSG: CsError.MESSAGE_ERROR,
-    errno.EMSGSIZE: CsError.TOO_BIG, errno.E2BIG: CsError.TOO_BIG,
+    errno.EBADF: CsError.ERR_BAD_HANDLE, errno.ENOMEM: CsError.ERR_NO_MEMORY,
+    errno.ENOMSG: CsError.ERR_TRY_AGAIN, errno.ENOBUFS: CsError.ERR_TRY_AGAIN,
+    errno.ETIMEDOUT: CsError.ERR_TRY_AGAIN, errno.EAGAIN: CsError.ERR_TRY_AGAIN,
+    errno.EINVAL: CsError.ERR_INVALID_PARAM, errno.EBUSY: CsError.ERR_BUSY,
+    errno.EACCES: CsError.ERR_ACCESS, errno.EOVERFLOW: CsError.ERR_NAME_TOO_LONG,
+    errno.EEXIST: CsError.ERR_EXIST, errno.ENOSPC: CsError.ERR_NO_SPACE,
+    errno.EINTR: CsError.ERR_INTERRUPT, errno.ENOENT: CsError.ERR_NOT_EXIST,
+    errno.ENODEV: CsError.ERR_NOT_EXIST, errno.ENOSYS: CsError.ERR_NOT_SUPPORTED,
+    errno.ENOTSUP: CsError.ERR_NOT_SUPPORTED, errno.EBADMSG: CsError.ERR_MESSAGE_ERROR,
+    errno.EMSGSIZE: CsError.ERR_TOO_BIG, errno.E2BIG: CsError.ERR_TOO_BIG,
 }
 
 
 def errno_to_cs_error(err: int) -> CsError:
     """corosync's qb_to_cs_error: what a client library reports for a transport errno."""
-    return _ERRNO_TO_CS.get(abs(err), CsError.LIBRARY)
+    return _ERRNO_TO_CS.get(abs(err), CsError.ERR_LIBRARY)
 
 
 class IpcError(OSError):

@@ -75,13 +75,13 @@ def decode_value(t: CmapType, raw: bytes) -> Any:
     code = _FIXED.get(t)
     if code is not None:
         if len(raw) != struct.calcsize(code):
-            raise CmapError(StoreError.INVALID_PARAM,
+            raise CmapError(StoreError.ERR_INVALID_PARAM,
                             f"{t.name} needs {struct.calcsize(code)} bytes, got {len(raw)}")
         return struct.unpack("<" + code, raw)[0]
     if t is CmapType.STRING:
         text = raw.split(b"\0", 1)[0]
         if len(raw) > len(text) + 1:
-            raise CmapError(StoreError.INVALID_PARAM,
+            raise CmapError(StoreError.ERR_INVALID_PARAM,
                             "string value_len beyond its NUL")
         return text.decode("utf-8", "surrogateescape")
     return bytes(raw)

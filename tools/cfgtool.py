@@ -256,18 +256,18 @@ def shutdown(out: IO[str], err: IO[str], force: bool, retry_delay: float = 1.0) 
         out.write("Shutting down corosync\n")
         out.flush()
         flag = SHUTDOWN_FLAG_REGARDLESS if force else SHUTDOWN_FLAG_REQUEST
-        code = CsErrorCode.CS_OK
+        code = CsErrorCode.OK
         for _ in range(30):
             try:
                 cfg.try_shutdown(flag)
-                code = CsErrorCode.CS_OK
+                code = CsErrorCode.OK
                 break
             except CsError as exc:
                 code = exc.code  # type: ignore[assignment]
-                if exc.code != CsErrorCode.CS_ERR_TRY_AGAIN:
+                if exc.code != CsErrorCode.ERR_TRY_AGAIN:
                     break
                 time.sleep(retry_delay)
-        if code != CsErrorCode.CS_OK:
+        if code != CsErrorCode.OK:
             err.write(f"Could not shutdown (error = {int(code)})\n")
     return 0  # the C tool's shutdown path never changes the exit code
 

@@ -259,7 +259,7 @@ class CmapCtl:
             try:
                 return CmapValue(vtype, self.h.get_typed(key, vtype))
             except CsError as exc:
-                if exc.code == CsErrorCode.CS_ERR_TRY_AGAIN and retries < MAX_TRY_AGAIN:
+                if exc.code == CsErrorCode.ERR_TRY_AGAIN and retries < MAX_TRY_AGAIN:
                     retries += 1
                     self.sleep(1)
                     continue
@@ -446,7 +446,7 @@ class CmapCtl:
                 self.handle = self.connect(map_id)
                 return
             except CsError as exc:
-                if exc.code == CsErrorCode.CS_ERR_TRY_AGAIN and retries < MAX_TRY_AGAIN:
+                if exc.code == CsErrorCode.ERR_TRY_AGAIN and retries < MAX_TRY_AGAIN:
                     retries += 1
                     self.sleep(1)
                     continue

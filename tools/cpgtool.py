@@ -117,7 +117,7 @@ class CfgAddrs:
         try:
             _id, error, payload = self.client.request(
                 GetNodeAddrsRequest.ID, GetNodeAddrsRequest(nodeid).encode())
-            if error != CsErrorCode.CS_OK:
+            if error != CsErrorCode.OK:
                 return []
             return GetNodeAddrsResponse.decode(payload).addresses()
         except (IpcError, ProtoError):

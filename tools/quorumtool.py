@@ -290,7 +290,7 @@ class Tool:
         try:
             return self.vq.getinfo(nodeid)
         except CsError as exc:
-            if exc.code == CsErrorCode.CS_ERR_NOT_EXIST:
+            if exc.code == CsErrorCode.ERR_NOT_EXIST:
                 return NodeInfo()
             return None
 
@@ -318,13 +318,13 @@ class Tool:
     def display_quorum(self, quorate: bool, numeric: bool, hex_ids: bool, sort: str) -> int:
         assert self.last is not None
         info = None
-        err = CsErrorCode.CS_OK
+        err = CsErrorCode.OK
         if self.vq is not None:
             try:
                 info = self.vq.getinfo(self.our_nodeid)
             except CsError as exc:
                 err = exc.code  # type: ignore[assignment]
-                if exc.code == CsErrorCode.CS_ERR_NOT_EXIST:
+                if exc.code == CsErrorCode.ERR_NOT_EXIST:
                     info = NodeInfo()
         self.out.write(format_quorum(
             date=time.ctime(), provider=self.quorum_type() or "Not configured",
@@ -332,7 +332,7 @@ class Tool:
             ring_seq=self.last.ring_seq, quorate=quorate, votequorum=self.vq is not None,
             info=info, hex_ids=hex_ids))
         if self.vq is None:
-            return CsErrorCode.CS_OK
+            return CsErrorCode.OK
         if info is None:
             self.err.write(f"Unable to get node info: {cs_strerror(int(err))}\n")
         self.display_nodes(numeric, hex_ids, sort)
@@ -388,7 +388,7 @@ class Tool:
                 self.err.write(f"Unable to dispatch votequorum status: "
                                f"{cs_strerror(int(exc.code))}\n")
                 return 1
-        if self.display_quorum(quorate, numeric, hex_ids, sort) != CsErrorCode.CS_OK:
+        if self.display_quorum(quorate, numeric, hex_ids, sort) != CsErrorCode.OK:
             return 1
         return 0 if quorate else EXIT_NOT_QUORATE
 
@@ -445,7 +445,7 @@ class Tool:
             err = self.display_quorum(self.last.quorate, numeric, hex_ids, sort)
             self.out.write("\n")
             self.out.flush()
-            if err != CsErrorCode.CS_OK:
+            if err != CsErrorCode.OK:
                 self.err.write(f"Unable to display quorum data: {cs_strerror(err)}\n")
                 return 1
             done += 1

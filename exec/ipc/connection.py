@@ -249,7 +249,7 @@ class SocketChannel:
                 control_add(self.control, CTRL_REQUEST_SENT, -1)
                 if len(data) > self.max_msg_size:
                     conn.malformed(f"datagram larger than max_msg_size {self.max_msg_size}")
-                    conn.reply_generic_error(CsError.INVALID_PARAM)
+                    conn.reply_generic_error(CsError.ERR_INVALID_PARAM)
                     continue
                 await conn.dispatch(data)
 
@@ -459,14 +459,14 @@ class IpcConnection:
         """Validate libqb framing, then hand (id, payload after the 16-byte header) over."""
         if len(message) < REQUEST_HEADER.size:
             self.malformed(f"{len(message)}-byte request shorter than its header")
-            self.reply_generic_error(CsError.INVALID_PARAM)
+            self.reply_generic_error(CsError.ERR_INVALID_PARAM)
             return
         msg_id, size = REQUEST_HEADER.unpack_from(message)
         if size == 0 or msg_id == QB_IPC_MSG_DISCONNECT:
             raise Disconnect("client asked to disconnect")
         if size != len(message) or msg_id < 0:
             self.malformed(f"header id {msg_id} size {size} for a {len(message)}-byte message")
-            self.reply_generic_error(CsError.INVALID_PARAM)
+            self.reply_generic_error(CsError.ERR_INVALID_PARAM)
             return
         self.requests += 1
         self.server.stats.requests += 1

@@ -32,7 +32,7 @@ class VqError(Exception):
     """A votequorum call failed: ``code`` is the cs_error_t (CS_OK is 1)."""
 
     def __init__(self, call: str, code: int) -> None:
-        name = CsError(code).name if code in CsError._value2member_map_ else str(code)
+        name = CsError(code).c_name if code in CsError._value2member_map_ else str(code)
         super().__init__(f"votequorum {call}: {name}")
         self.code = code
 

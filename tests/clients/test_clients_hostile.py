@@ -106,7 +106,7 @@ async def test_cpg_survives_a_hostile_executive(tmp_path: Path, ipc_type: str) -
             assert h.dropped_events == 4      # id 6, id 99, truncated confchg, lying deliver
             with pytest.raises(CsError) as info:
                 await h.membership_get(b"g")
-            assert info.value.code is CsErrorCode.CS_ERR_MESSAGE_ERROR
+            assert info.value.code is CsErrorCode.ERR_MESSAGE_ERROR
             assert await h.local_get() == 7   # the connection is still in step
         nursery.cancel_scope.cancel()
 
@@ -142,5 +142,5 @@ async def test_cmap_survives_a_hostile_executive(tmp_path: Path, ipc_type: str) 
         async with await AsyncCmap.initialize(ipc_dir=tmp_path) as ah:
             with pytest.raises(CsError) as info:
                 await ah.get("odd.size")
-            assert info.value.code is CsErrorCode.CS_ERR_MESSAGE_ERROR
+            assert info.value.code is CsErrorCode.ERR_MESSAGE_ERROR
         nursery.cancel_scope.cancel()

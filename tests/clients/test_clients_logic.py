@@ -18,7 +18,7 @@ from corosync.lib.ipc import IpcError, unpack_request_header
 from corosync.lib.proto import cmap as pc
 from corosync.lib.proto import cpg as pp
 
-OK = CsErrorCode.CS_OK
+OK = CsErrorCode.OK
 
 
 class ScriptedClient:
@@ -84,7 +84,7 @@ def test_cs_error_names_and_unknown_codes() -> None:
     assert cs_strerror(12) == "CS_ERR_NOT_EXIST"
     assert cs_strerror(29) == "unknown error"
     e = CsError(6, "x")
-    assert e.code is CsErrorCode.CS_ERR_TRY_AGAIN and str(e) == "CS_ERR_TRY_AGAIN: x"
+    assert e.code is CsErrorCode.ERR_TRY_AGAIN and str(e) == "CS_ERR_TRY_AGAIN: x"
     odd = CsError(999)
     assert odd.code == 999 and str(odd) == "unknown error"
 
@@ -94,11 +94,11 @@ def test_transport_errors_become_cs_errors() -> None:
     client.fail_with = errno.ECONNREFUSED
     with pytest.raises(CsError) as info:
         run_blocking(client, Cmap._plan_delete("a.b"))  # type: ignore[arg-type]
-    assert info.value.code is CsErrorCode.CS_ERR_LIBRARY
+    assert info.value.code is CsErrorCode.ERR_LIBRARY
     client.fail_with = errno.EAGAIN
     with pytest.raises(CsError) as info:
         run_blocking(client, Cmap._plan_delete("a.b"))  # type: ignore[arg-type]
-    assert info.value.code is CsErrorCode.CS_ERR_TRY_AGAIN
+    assert info.value.code is CsErrorCode.ERR_TRY_AGAIN
 
 
 def test_getopt_like_glibc() -> None:
@@ -123,7 +123,7 @@ def get_reply(value_len: int, vtype: int, value: bytes = b"", error: int = OK) -
 
 def test_cmap_get_probes_then_fetches_and_retries_when_the_value_grows() -> None:
     h = Cmap(ScriptedClient())  # type: ignore[arg-type]
-    replies = [get_reply(4, 11), Reply(2, CsErrorCode.CS_ERR_INVALID_PARAM, bytes(16)),
+    replies = [get_reply(4, 11), Reply(2, CsErrorCode.ERR_INVALID_PARAM, bytes(16)),
                get_reply(6, 11), get_reply(6, 11, b"grown\0")]
     value, steps = drive(h._plan_get("a.key"), replies)
     assert value == CmapValue(ValueType.STRING, "grown")
@@ -134,12 +134,12 @@ def test_cmap_get_probes_then_fetches_and_retries_when_the_value_grows() -> None
 def test_cmap_errors_carry_the_code() -> None:
     h = Cmap(ScriptedClient())  # type: ignore[arg-type]
     with pytest.raises(CsError) as info:
-        drive(h._plan_get("no.such"), [Reply(2, CsErrorCode.CS_ERR_NOT_EXIST, bytes(16))])
-    assert info.value.code is CsErrorCode.CS_ERR_NOT_EXIST
+        drive(h._plan_get("no.such"), [Reply(2, CsErrorCode.ERR_NOT_EXIST, bytes(16))])
+    assert info.value.code is CsErrorCode.ERR_NOT_EXIST
     # typed getter: one 16-byte GET, then a type check
     with pytest.raises(CsError) as info:
         drive(h._plan_get_typed("k.x", ValueType.UINT32), [get_reply(1, 2, b"\x05")])
-    assert info.value.code is CsErrorCode.CS_ERR_INVALID_PARAM
+    assert info.value.code is CsErrorCode.ERR_INVALID_PARAM
     value, steps = drive(h._plan_get_typed("k.x", ValueType.UINT8), [get_reply(1, 2, b"\x05")])
     assert value == 5 and len(steps) == 1
 
@@ -149,10 +149,10 @@ def test_cmap_refuses_long_names_and_bad_values_before_sending() -> None:
     h = Cmap(client)  # type: ignore[arg-type]
     with pytest.raises(CsError) as info:
         h.get("k" * 256)
-    assert info.value.code is CsErrorCode.CS_ERR_NAME_TOO_LONG
+    assert info.value.code is CsErrorCode.ERR_NAME_TOO_LONG
     with pytest.raises(CsError) as info:
         h.set_uint8("a.b", 300)
-    assert info.value.code is CsErrorCode.CS_ERR_INVALID_PARAM
+    assert info.value.code is CsErrorCode.ERR_INVALID_PARAM
     assert client.sent == []
 
 
@@ -166,7 +166,7 @@ def test_cmap_iteration_ends_on_no_sections_and_finalizes() -> None:
         if rid == pc.ReqId.ITER_NEXT:
             if keys:
                 return 5, OK, pc.IterNextResponse(keys.pop(0), 4, 6).encode()
-            return 5, CsErrorCode.CS_ERR_NO_SECTIONS, bytes(280)
+            return 5, CsErrorCode.ERR_NO_SECTIONS, bytes(280)
         return rid, OK, b""
 
     client = ScriptedClient(respond)
@@ -232,14 +232,14 @@ def test_cmap_blocking_dispatch_stops_when_a_callback_finalizes() -> None:
     assert client.closed
     with pytest.raises(CsError) as info:
         h.get("a.x")
-    assert info.value.code is CsErrorCode.CS_ERR_BAD_HANDLE
+    assert info.value.code is CsErrorCode.ERR_BAD_HANDLE
 
 
 def test_cmap_lost_connection_in_dispatch_raises() -> None:
     h = Cmap(ScriptedClient())  # type: ignore[arg-type]
     with pytest.raises(CsError) as info:
         h.dispatch(DispatchFlags.ONE)       # scripted client: ENOTCONN when waiting forever
-    assert info.value.code is CsErrorCode.CS_ERR_LIBRARY
+    assert info.value.code is CsErrorCode.ERR_LIBRARY
 
 
 # --------------------------------------------------------------------------------------------
@@ -249,15 +249,15 @@ def test_cmap_lost_connection_in_dispatch_raises() -> None:
 
 def test_cpg_join_retries_busy_and_reports_other_errors() -> None:
     h = Cpg(ScriptedClient())  # type: ignore[arg-type]
-    _, steps = drive(h._plan_join(b"g"), [Reply(0, CsErrorCode.CS_ERR_BUSY, b""),
+    _, steps = drive(h._plan_join(b"g"), [Reply(0, CsErrorCode.ERR_BUSY, b""),
                                           Reply(0, OK, b"")])
     assert [type(s) for s in steps] == [Request, Pause, Request]
     with pytest.raises(CsError) as info:
-        drive(h._plan_join(b"g"), [Reply(0, CsErrorCode.CS_ERR_EXIST, b"")])
-    assert info.value.code is CsErrorCode.CS_ERR_EXIST
+        drive(h._plan_join(b"g"), [Reply(0, CsErrorCode.ERR_EXIST, b"")])
+    assert info.value.code is CsErrorCode.ERR_EXIST
     with pytest.raises(CsError) as info:
         h.join(b"x" * 129)
-    assert info.value.code is CsErrorCode.CS_ERR_NAME_TOO_LONG
+    assert info.value.code is CsErrorCode.ERR_NAME_TOO_LONG
 
 
 def test_cpg_small_mcast_is_one_unanswered_send_with_fc_2() -> None:
@@ -271,7 +271,7 @@ def test_cpg_small_mcast_is_one_unanswered_send_with_fc_2() -> None:
 def test_cpg_large_mcast_is_fragmented_and_retried() -> None:
     big = bytes(range(256)) * ((2 * MAX_ATOMIC_MSGSIZE + 1000) // 256)
     h = Cpg(ScriptedClient())  # type: ignore[arg-type]
-    replies: list[Reply | None] = [Reply(18, OK, b""), Reply(18, CsErrorCode.CS_ERR_TRY_AGAIN, b""),
+    replies: list[Reply | None] = [Reply(18, OK, b""), Reply(18, CsErrorCode.ERR_TRY_AGAIN, b""),
                                    Reply(18, OK, b""), Reply(18, OK, b"")]
     _, steps = drive(h._plan_mcast(Guarantee.SAFE, (big,)), replies)
     sends = [pp.PartialMcastRequest.decode(s.message[24:]) for s in steps
@@ -282,8 +282,8 @@ def test_cpg_large_mcast_is_fragmented_and_retried() -> None:
     assert b"".join(s.fragment for i, s in enumerate(sends) if i != 1) == big
     with pytest.raises(CsError) as info:
         drive(h._plan_mcast(Guarantee.SAFE, (big,)),
-              [Reply(18, CsErrorCode.CS_ERR_INTERRUPT, b"")])
-    assert info.value.code is CsErrorCode.CS_ERR_INTERRUPT
+              [Reply(18, CsErrorCode.ERR_INTERRUPT, b"")])
+    assert info.value.code is CsErrorCode.ERR_INTERRUPT
 
 
 def partial(ptype: int, frag: bytes, msglen: int, pid: int = 9) -> tuple[int, int, bytes]:

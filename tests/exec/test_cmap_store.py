@@ -39,7 +39,7 @@ def test_integer_ranges(t):
     for bad in (lo - 1, hi + 1, "1", 1.0, True):
         with pytest.raises(CmapError) as info:
             store.set("a.bad", bad, t)
-        assert info.value.error is CsError.INVALID_PARAM
+        assert info.value.error is CsError.ERR_INVALID_PARAM
     assert "a.bad" not in store
 
 
@@ -62,7 +62,7 @@ def test_other_types():
 def test_key_names_refused(key):
     with pytest.raises(CmapError) as info:
         CmapStore().set(key, 1, CmapType.UINT8)
-    assert info.value.error is CsError.NAME_TOO_LONG
+    assert info.value.error is CsError.ERR_NAME_TOO_LONG
 
 
 def test_get_delete_and_missing():
@@ -75,7 +75,7 @@ def test_get_delete_and_missing():
     for op in (lambda: store.get("k.a"), lambda: store.delete("k.a"), lambda: store.inc("k.a")):
         with pytest.raises(CmapError) as info:
             op()
-        assert info.value.error is CsError.NOT_EXIST
+        assert info.value.error is CsError.ERR_NOT_EXIST
     assert len(store) == 0 and store.keys() == []
 
 
@@ -93,7 +93,7 @@ def test_inc_dec_wrap_and_refuse_non_integers():
     for key in ("c.s", "c.d"):
         with pytest.raises(CmapError) as info:
             store.inc(key)
-        assert info.value.error is CsError.INVALID_PARAM
+        assert info.value.error is CsError.ERR_INVALID_PARAM
 
 
 def test_iteration_order_is_byte_order_like_the_real_dump():
@@ -180,10 +180,10 @@ def test_read_only_rules_apply_to_clients_only():
         assert store.is_key_ro(key)
         with pytest.raises(CmapError) as info:
             store.set(key, 1, CmapType.UINT32, client=True)
-        assert info.value.error is CsError.ACCESS
+        assert info.value.error is CsError.ERR_ACCESS
     with pytest.raises(CmapError) as info:
         store.delete("totem.transport", client=True)
-    assert info.value.error is CsError.ACCESS
+    assert info.value.error is CsError.ERR_ACCESS
     with pytest.raises(CmapError):
         store.inc("runtime.config.totem.token", client=True)
     # totem.token is writable at runtime (corosync re-reads timers), runtime.members too

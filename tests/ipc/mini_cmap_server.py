@@ -56,18 +56,18 @@ class MiniCmap:
     def on_request(self, conn: IpcConnection, msg_id: int, payload: bytes) -> None:
         if msg_id == 9:                                      # SET_CURRENT_MAP -> id 10
             (map_no,) = struct.unpack_from("<i", payload, 0)
-            conn.send_response(10, b"", CsError.OK if map_no == 0 else CsError.NOT_EXIST)
+            conn.send_response(10, b"", CsError.OK if map_no == 0 else CsError.ERR_NOT_EXIST)
         elif msg_id == 2:                                    # GET -> 40 + requested
             key = key_of(payload)
             (wanted,) = struct.unpack_from("<Q", payload, 264)
             wanted = min(wanted, 16384)
             found = self.keys.get(key)
             if found is None:
-                conn.send_response(2, bytes(16), CsError.NOT_EXIST)
+                conn.send_response(2, bytes(16), CsError.ERR_NOT_EXIST)
                 return
             code, value = found
             if wanted and wanted < len(value):
-                conn.send_response(2, bytes(16), CsError.INVALID_PARAM)
+                conn.send_response(2, bytes(16), CsError.ERR_INVALID_PARAM)
                 return
             body = struct.pack("<QB7x", len(value), code)
             conn.send_response(2, body + (value.ljust(wanted, b"\0") if wanted else b""))
@@ -81,7 +81,7 @@ class MiniCmap:
             (handle,) = struct.unpack_from("<Q", payload, 0)
             pending = self.iters.get(handle)
             if not pending:
-                err = CsError.NO_SECTIONS if pending is not None else CsError.BAD_HANDLE
+                err = CsError.ERR_NO_SECTIONS if pending is not None else CsError.ERR_BAD_HANDLE
                 conn.send_response(5, bytes(280), err)
                 return
             key = pending.pop(0)
@@ -91,9 +91,9 @@ class MiniCmap:
         elif msg_id == 6:                                    # ITER_FINALIZE -> 24
             (handle,) = struct.unpack_from("<Q", payload, 0)
             conn.send_response(6, b"", CsError.OK if self.iters.pop(handle, None) is not None
-                               else CsError.BAD_HANDLE)
+                               else CsError.ERR_BAD_HANDLE)
         else:                                                # writes, tracks: refused
-            conn.send_response(0, b"", CsError.INVALID_PARAM)
+            conn.send_response(0, b"", CsError.ERR_INVALID_PARAM)
 
 
 async def main() -> None:

@@ -87,7 +87,7 @@ async def test_socket_transport_bad_requests() -> None:
     async with trio.open_nursery() as n:
         srv = await start_server(n, svc, ipc_type="socket")
         c = await RUN(lambda: IpcClient.connect(srv.service))
-        generic = (0, CsError.INVALID_PARAM, b"")
+        generic = (0, CsError.ERR_INVALID_PARAM, b"")
 
         def raw(data: bytes) -> tuple[int, int, bytes]:
             c._req_sock.send(data)          # bypass the client's own checks
@@ -156,7 +156,7 @@ async def test_shm_transport_forged_memory() -> None:
         ring.write(struct.pack("<i4xi4x", 1, 500) + b"x" * 4)
         c._setup.send(b"\0")
         answer = await RUN(lambda: c.recv_response(5))
-        assert answer is not None and unpack_response(answer) == (0, CsError.INVALID_PARAM, b"")
+        assert answer is not None and unpack_response(answer) == (0, CsError.ERR_INVALID_PARAM, b"")
         assert await RUN(lambda: c.request(1, b"fine", 5)) == (101, CsError.OK, b"fine")
         # 3. an uncommitted chunk: protocol violation, the connection is dropped and cleaned
         conn = svc.connected[-1]

@@ -50,7 +50,7 @@ async def test_round_trips_all_sizes(ipc_type: str) -> None:
                 with pytest.raises(IpcError) as exc:
                     c.request(1, b"z" * (DEFAULT_MAX_MSG_SIZE - 15))
                 assert exc.value.errno == errno.EMSGSIZE
-                assert exc.value.cs_error == CsError.TOO_BIG
+                assert exc.value.cs_error == CsError.ERR_TOO_BIG
                 # still usable after the refused send
                 assert c.request(1, b"ok", timeout=10) == (101, CsError.OK, b"ok")
 
@@ -116,8 +116,8 @@ async def test_async_client_and_fileno(ipc_type: str) -> None:
 
                 inner.start_soon(ask)
                 await wait_until(lambda: bool(svc.pending))
-                svc.pending.pop().send_response(106, b"later", CsError.TRY_AGAIN)
-            assert result == [(106, CsError.TRY_AGAIN, b"later")]
+                svc.pending.pop().send_response(106, b"later", CsError.ERR_TRY_AGAIN)
+            assert result == [(106, CsError.ERR_TRY_AGAIN, b"later")]
         n.cancel_scope.cancel()
 
 
@@ -229,7 +229,7 @@ async def test_policy_refusals(ipc_type: str) -> None:
         srv = await start_server(n, svc, ipc_type=ipc_type, auth=deny)
         with pytest.raises(IpcError) as exc:
             await RUN(lambda: IpcClient.connect(srv.service))
-        assert exc.value.errno == errno.EACCES and exc.value.cs_error == CsError.ACCESS
+        assert exc.value.errno == errno.EACCES and exc.value.cs_error == CsError.ERR_ACCESS
         assert seen == [(os.getpid(), os.geteuid(), os.getegid())]
         assert svc.connected == []     # the service never saw it
 
@@ -237,7 +237,7 @@ async def test_policy_refusals(ipc_type: str) -> None:
         srv.ready = False
         with pytest.raises(IpcError) as exc:
             await RUN(lambda: IpcClient.connect(srv.service))
-        assert exc.value.errno == errno.EAGAIN and exc.value.cs_error == CsError.TRY_AGAIN
+        assert exc.value.errno == errno.EAGAIN and exc.value.cs_error == CsError.ERR_TRY_AGAIN
         srv.ready = True
 
         svc.accept = False             # the service itself declines
@@ -394,7 +394,7 @@ async def test_flow_control_word(ipc_type: str) -> None:
         conn.set_flow_control(1)
         with pytest.raises(IpcError) as exc:
             await RUN(lambda: c.request(1, b"", 5))
-        assert exc.value.errno == errno.EAGAIN and exc.value.cs_error == CsError.TRY_AGAIN
+        assert exc.value.errno == errno.EAGAIN and exc.value.cs_error == CsError.ERR_TRY_AGAIN
         conn.set_flow_control(2)
         with pytest.raises(IpcError):
             await RUN(lambda: c.send(b"\x02\0\0\0\0\0\0\0\x18\0\0\0\0\0\0\0" + bytes(8),
@@ -495,7 +495,7 @@ async def test_bad_response_header_is_ebadmsg(ipc_type: str) -> None:
         c = await RUN(lambda: IpcClient.connect(srv.service))
         with pytest.raises(IpcError) as exc:
             await RUN(lambda: c.request(10, b"", 5))
-        assert exc.value.errno == errno.EBADMSG and exc.value.cs_error == CsError.MESSAGE_ERROR
+        assert exc.value.errno == errno.EBADMSG and exc.value.cs_error == CsError.ERR_MESSAGE_ERROR
         c.close()
         a = await AsyncIpcClient.connect(srv.service)
         with pytest.raises(IpcError) as exc:

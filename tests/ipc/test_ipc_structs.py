@@ -41,7 +41,7 @@ def test_conn_response_layout() -> None:
 def test_message_headers() -> None:
     assert ipc.pack_request(5, b"ab") == struct.pack("<i4xi4x", 5, 18) + b"ab"
     assert ipc.unpack_request_header(ipc.pack_request(5, b"ab")) == (5, 18)
-    res = ipc.pack_response(7, b"xyz", ipc.CsError.NOT_EXIST)
+    res = ipc.pack_response(7, b"xyz", ipc.CsError.ERR_NOT_EXIST)
     assert res[:24] == struct.pack("<i4xi4xi4x", 7, 27, 12)
     assert ipc.unpack_response(res) == (7, 12, b"xyz")
     with pytest.raises(ValueError):
@@ -64,9 +64,9 @@ def test_addresses(monkeypatch, tmp_path) -> None:
 
 def test_errno_mapping() -> None:
     import errno
-    assert ipc.errno_to_cs_error(-errno.EACCES) == ipc.CsError.ACCESS
-    assert ipc.errno_to_cs_error(errno.EAGAIN) == ipc.CsError.TRY_AGAIN
-    assert ipc.errno_to_cs_error(errno.ECONNREFUSED) == ipc.CsError.LIBRARY
+    assert ipc.errno_to_cs_error(-errno.EACCES) == ipc.CsError.ERR_ACCESS
+    assert ipc.errno_to_cs_error(errno.EAGAIN) == ipc.CsError.ERR_TRY_AGAIN
+    assert ipc.errno_to_cs_error(errno.ECONNREFUSED) == ipc.CsError.ERR_LIBRARY
     assert ipc.CsError.OK == 1
 
 

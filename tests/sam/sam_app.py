@@ -72,7 +72,7 @@ class FifoQuorum:
         except BlockingIOError:
             pass
         if self.dead:
-            raise CsError(CsErrorCode.CS_ERR_LIBRARY, "fake quorum provider died")
+            raise CsError(CsErrorCode.ERR_LIBRARY, "fake quorum provider died")
 
     def close(self) -> None:
         os.close(self.fd)
@@ -101,7 +101,7 @@ class FileCmap:
     def delete(self, key: str) -> None:
         data = self._load()
         if key not in data:
-            raise CsError(CsErrorCode.CS_ERR_NOT_EXIST, key)
+            raise CsError(CsErrorCode.ERR_NOT_EXIST, key)
         del data[key]
         self._save(data)
 
@@ -399,7 +399,7 @@ def api() -> None:
         try:
             value = fn()
         except CsError as exc:
-            results[name] = CsErrorCode(exc.code).name
+            results[name] = CsErrorCode(exc.code).c_name
             return None
         results[name] = "ok"
         return value

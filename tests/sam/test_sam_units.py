@@ -68,9 +68,9 @@ def test_oversized_and_malformed_bodies_are_refused_from_the_header() -> None:
 
 
 def test_replies() -> None:
-    assert decode_reply(encode_reply(CsErrorCode.CS_OK)) == CsErrorCode.CS_OK
-    assert decode_reply(encode_reply(CsErrorCode.CS_ERR_NO_MEMORY)) == \
-        CsErrorCode.CS_ERR_NO_MEMORY
+    assert decode_reply(encode_reply(CsErrorCode.OK)) == CsErrorCode.OK
+    assert decode_reply(encode_reply(CsErrorCode.ERR_NO_MEMORY)) == \
+        CsErrorCode.ERR_NO_MEMORY
     for bad in (b"", b"\x00" * 4, struct.pack("=BI", 7, 1), struct.pack("=BI", 1, 1)):
         with pytest.raises(ProtocolError):
             decode_reply(bad)
@@ -104,12 +104,12 @@ class FakeIpc:
 def notification(quorate: int, nodes: list[int]) -> tuple[int, int, bytes]:
     body = struct.pack("<i4xQI", quorate, 7, len(nodes))
     body += b"".join(struct.pack("<I", n) for n in nodes) + b"\0" * 4
-    return 3, CsErrorCode.CS_OK, body
+    return 3, CsErrorCode.OK, body
 
 
 def test_ipc_quorum_source_follows_v0_notifications() -> None:
-    ipc = FakeIpc([(4, CsErrorCode.CS_OK, struct.pack("<I4x", 1)), (1, CsErrorCode.CS_OK, b"")],
-                  [(9, CsErrorCode.CS_OK, b"junk"), notification(0, [1])])
+    ipc = FakeIpc([(4, CsErrorCode.OK, struct.pack("<I4x", 1)), (1, CsErrorCode.OK, b"")],
+                  [(9, CsErrorCode.OK, b"junk"), notification(0, [1])])
     src = IpcQuorumSource(ipc)
     src._start(5.0)
     # GETTYPE (V0), then TRACKSTART with CS_TRACK_CHANGES, as libsam does
@@ -117,26 +117,26 @@ def test_ipc_quorum_source_follows_v0_notifications() -> None:
     assert src.quorum_type == 1 and src.quorate is False
     assert src.dropped_events == 1
     ipc.events += [notification(1, [1, 2]),
-                   (3, CsErrorCode.CS_OK, struct.pack("<i4xQI", 0, 8, 1000)),  # truncated
-                   (3, CsErrorCode.CS_OK, b"\x01")]                            # too short
+                   (3, CsErrorCode.OK, struct.pack("<i4xQI", 0, 8, 1000)),  # truncated
+                   (3, CsErrorCode.OK, b"\x01")]                            # too short
     src.dispatch()
     assert src.quorate is True            # the forged "inquorate" events were not believed
     assert src.dropped_events == 3
 
 
 def test_ipc_quorum_source_refused_tracking() -> None:
-    ipc = FakeIpc([(4, CsErrorCode.CS_OK, struct.pack("<I4x", 1)),
-                   (1, CsErrorCode.CS_ERR_EXIST, b"")], [])
+    ipc = FakeIpc([(4, CsErrorCode.OK, struct.pack("<I4x", 1)),
+                   (1, CsErrorCode.ERR_EXIST, b"")], [])
     with pytest.raises(CsError) as err:
         IpcQuorumSource(ipc)._start(5.0)
-    assert err.value.code == CsErrorCode.CS_ERR_EXIST
+    assert err.value.code == CsErrorCode.ERR_EXIST
 
 
 def test_no_executive_means_cs_err_library(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("COROSYNC_IPC_DIR", str(tmp_path))
     with pytest.raises(CsError) as err:
         sam.initialize(100, RecoveryPolicy.QUORUM_QUIT)
-    assert err.value.code == CsErrorCode.CS_ERR_LIBRARY
+    assert err.value.code == CsErrorCode.ERR_LIBRARY
 
 
 class FakeQuorum:
@@ -168,7 +168,7 @@ def test_handle_before_register() -> None:
     for call in (h.start, h.stop, h.hc_send, h.mark_failed):
         with pytest.raises(CsError) as err:
             call()
-        assert err.value.code == CsErrorCode.CS_ERR_BAD_HANDLE
+        assert err.value.code == CsErrorCode.ERR_BAD_HANDLE
     h.finalize()
     assert q.closed and h.state is sam.State.FINALIZED
     with pytest.raises(CsError):
