@@ -31,10 +31,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import re
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -140,6 +142,23 @@ def client_env(**extra: str) -> dict[str, str]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p), **extra}
     env.pop("COROSYNC_IPC_DIR", None)
     return env
+
+
+def free_udp_port(ip: str = "127.0.0.1") -> int:
+    """A UDP port free on ``ip`` together with port − 1 (corosync binds both for udp)."""
+    for _ in range(100):
+        port = random.randint(20000, 60000)
+        socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
+        try:
+            for s, p in zip(socks, (port, port - 1)):
+                s.bind((ip, p))
+            return port
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free UDP port")
 
 
 def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM,

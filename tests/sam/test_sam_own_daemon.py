@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,59 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-CONF = """totem {{
-    version: 2
-    cluster_name: samown
-    transport: udpu
-    token: 300
-    token_coefficient: 0
-    join: 50
-    interface {{
-        linknumber: 0
-        mcastport: {port}
-    }}
-}}
-logging {{
-    to_stderr: no
-    to_logfile: yes
-    logfile: {dir}/corosync.log
-    to_syslog: no
-}}
-quorum {{
-    provider: corosync_votequorum
-}}
-nodelist {{
-    node {{
-        ring0_addr: 127.0.0.1
-        nodeid: 1
-    }}
-    node {{
-        ring0_addr: 127.0.0.2
-        nodeid: 2
-    }}
-}}
-system {{
-    state_dir: {dir}/state
-    run_dir: {dir}/run
-}}
-"""
-
-
-def _free_port() -> int:
-    for _ in range(100):
-        port = random.randint(20000, 60000)
-        socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
-        try:
-            for s, p in zip(socks, (port, port - 1)):
-                s.bind(("127.0.0.1", p))
-            return port
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free UDP port")
+import realcorosync
 
 
 class OwnDaemon:
@@ -78,13 +24,15 @@ class OwnDaemon:
         for sub in ("state", "run", "ipc"):
             (self.dir / sub).mkdir(parents=True)
         conf = self.dir / "corosync.conf"
-        conf.write_text(CONF.format(port=_free_port(), dir=self.dir))
+        conf.write_text(realcorosync.conf_text(
+            cluster_name="samown", nodes=[(1, "127.0.0.1"), (2, "127.0.0.2")], names=False,
+            log=self.dir / "corosync.log", token=300, join=50, crypto_none=False,
+            mcastport=realcorosync.free_udp_port(), dirs=self.dir))
         self.env = dict(os.environ, COROSYNC_IPC_DIR=str(self.dir / "ipc"),
                         COROSYNC_LOCAL_ADDRS="127.0.0.1")
         self.stderr = open(self.dir / "stderr", "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "corosync.exec.main", "-f", "-c",
-                                      str(conf)], env=self.env, stdout=self.stderr,
-                                     stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen([*realcorosync.OURS, "-f", "-c", str(conf)], env=self.env,
+                                     stdout=self.stderr, stderr=subprocess.STDOUT)
 
     def serves(self, service: str) -> bool:
         return (self.dir / "ipc" / service).exists()
@@ -108,13 +56,7 @@ class OwnDaemon:
                               capture_output=True, text=True, timeout=30)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
+        realcorosync.stop_process(self.proc)
         self.stderr.close()
 
 
