@@ -186,9 +186,17 @@ def wait_for(pred: Callable[[], object], timeout: float, what: str | Callable[[]
         time.sleep(interval)
 
 
-def view(text: str) -> tuple[int, ...] | None:
-    """The membership a log ends with, rebuilt from its "Members joined/left" lines (the
-    lines both implementations print); None before the first membership."""
+def view(log: str | Path) -> tuple[int, ...] | None:
+    """The membership a log (its text, or its path) ends with, rebuilt from its "Members
+    joined/left" lines (the lines both implementations print); None before the first
+    membership (or file)."""
+    if isinstance(log, Path):
+        try:
+            text = log.read_text(errors="replace")
+        except FileNotFoundError:
+            return None
+    else:
+        text = log
     current: set[int] = set()
     seen = False
     for line in text.splitlines():
