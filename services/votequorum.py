@@ -107,6 +107,10 @@ class VotequorumService(Service):
     ipc_name = "votequorum"
     sync = True
     subsys = "VOTEQ"
+    #: corosync lifts the sync flow control for votequorum only (ipc_glue.c): a quorum
+    #: device must be able to poll with the new ring id *during* the sync that waits for
+    #: that very poll — flow-controlled, the poll would stall until sync_timeout.
+    ipc_during_sync = True
 
     def __init__(self, api: ServiceApi) -> None:
         super().__init__(api)
