@@ -111,6 +111,19 @@ class RateLimiter:
         return self._suppressed.pop(key, 0)
 
 
+class _NoLogfile:
+    """A ``logging`` section seen without its logfile destination (reconfigure() opens
+    the file itself, before changing anything)."""
+
+    def __init__(self, settings: Any) -> None:
+        self._settings = settings
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "to_logfile":
+            return False
+        return getattr(self._settings, name)
+
+
 class CorosyncLog:
     """The executive's logger: one instance per process, configured from the
     ``logging`` settings of the loaded config (duck-typed: any object with the
@@ -141,6 +154,8 @@ class CorosyncLog:
         self.syslog_path = "/dev/log"
         self.syslog_threshold = LogLevel.INFO
         self.limiter = RateLimiter()
+        #: set once the daemon detached from its terminal (stderr is /dev/null then)
+        self._detached = False
 
     # -- configuration -------------------------------------------------------------------
 
@@ -171,6 +186,52 @@ class CorosyncLog:
             self._logfile = open(self.logfile_path, "a", buffering=1, encoding="utf-8",
                                  errors="replace")
 
+    def reconfigure(self, settings: Any) -> None:
+        """Apply a ``logging`` section on a running daemon (config reload).
+
+        The new logfile is opened *before* anything changes: if it cannot be opened the
+        daemon keeps logging where it did and OSError tells the caller why.  A daemon that
+        detached keeps stderr off whatever the section says (stderr is /dev/null)."""
+        new_file: IO[str] | None = None
+        if _flag(getattr(settings, "to_logfile", None), False):
+            path = str(getattr(settings, "logfile", None) or "/var/log/corosync/corosync.log")
+            if not (self._logfile is not None and path == self.logfile_path):
+                new_file = open(path, "a", buffering=1, encoding="utf-8", errors="replace")
+        keep = self._logfile if new_file is None else None
+        detached = self._detached
+        if keep is not None:
+            self._logfile = None  # configure() must not close the file we keep
+        try:
+            self.configure(_NoLogfile(settings) if keep is not None or new_file else settings)
+        except OSError:
+            if new_file is not None:
+                new_file.close()
+            raise
+        if keep is not None:
+            self._logfile = keep
+        elif new_file is not None:
+            self._logfile = new_file
+            self.logfile_path = str(getattr(settings, "logfile", None)
+                                    or "/var/log/corosync/corosync.log")
+        self.to_logfile = self._logfile is not None
+        if detached:
+            self.to_stderr = False
+
+    def reopen_logfile(self) -> None:
+        """``corosync-cfgtool -L``: close and reopen the logfile by name, so a file that
+        logrotate moved away (or deleted) is replaced by a fresh one at the configured
+        path; a copy-truncated file simply continues (append mode).  Raises OSError when
+        the path cannot be opened; the old file then stays in use."""
+        if not self.to_logfile or not self.logfile_path:
+            return
+        fresh = open(self.logfile_path, "a", buffering=1, encoding="utf-8", errors="replace")
+        old, self._logfile = self._logfile, fresh
+        if old is not None:
+            try:
+                old.close()
+            except OSError:
+                pass
+
     @staticmethod
     def _debug_threshold(value: Any) -> LogLevel:
         if value is True:
@@ -182,6 +243,7 @@ class CorosyncLog:
         logfile and the syslog socket are opened again."""
         self.pid = os.getpid()
         self.to_stderr = False
+        self._detached = True
         self._syslog_sock = None
         self.close_logfile()
         if self.to_logfile and self.logfile_path:

@@ -49,6 +49,10 @@ EXIT_FATAL = 15
 EXIT_DIR_NOT_PRESENT = 16
 EXIT_LOCK = 17
 EXIT_ALREADY_RUNNING = 18
+#: exit(EXIT_FAILURE) after the bind retries (totemudpu.c "Unable to create sockets")
+EXIT_SOCKETS = 1
+#: exit(-1): COROSYNC_FATAL_ERROR_EXIT, e.g. killed by ``corosync-cfgtool -k``
+EXIT_KILLED = 255
 
 DEFAULT_CONFIG = "/etc/corosync/corosync.conf"
 WIRE_VERSION = "3.1.7"
@@ -81,12 +85,27 @@ def version_text() -> str:
             f"Available compression models:\n")
 
 
+@attrs.define
+class ConfigSource:
+    """The file the daemon was started with, or the embedded default text (path None)."""
+
+    path: str | None
+    text: str | None = None
+
+    def read(self) -> Any:
+        from .reload import read_new_config
+
+        return read_new_config(self.path, self.text)
+
+
 class Options:
     def __init__(self) -> None:
         self.config: str | None = None
         self.foreground = False
         self.test = False
         self.version = False
+        #: where the configuration was read from (a reload reads the same source again)
+        self.config_source: ConfigSource | None = None
 
 
 def parse_args(argv: Sequence[str]) -> Options | int:
@@ -148,6 +167,8 @@ def load(opts: Options, log: CorosyncLog) -> tuple[Any, Any] | int:
             log.notice("MAIN", f"Corosync Cluster Engine {version()} starting up")
             log.info("MAIN", f"Corosync built-in features: {FEATURES}")
 
+    opts.config_source = (ConfigSource(None, default_config_text()) if use_default_text
+                          else ConfigSource(path or DEFAULT_CONFIG))
     try:
         if use_default_text:
             config = load_config(text=default_config_text())
@@ -349,9 +370,14 @@ class ServiceLayer:
     EAGAIN until the first sync completed: before that there is no membership to serve.
     """
 
-    def __init__(self, node: Any, cmap: Any, stats_cmap: Any, log: CorosyncLog) -> None:
+    def __init__(self, node: Any, cmap: Any, stats_cmap: Any, log: CorosyncLog, *,
+                 config_source: ConfigSource | None = None,
+                 exit_process: Callable[[int], Any] = os._exit) -> None:
         self.node = node
         self.log = log
+        #: what ``corosync-cfgtool -R`` re-reads; None: reload answers NOT_SUPPORTED
+        self.config_source = config_source
+        self._exit_process = exit_process
         self.cmap = cmap
         self.stats_cmap = stats_cmap
         self.host: Any = None
@@ -373,11 +399,63 @@ class ServiceLayer:
                            trans_ack=self._sync_completed, log=self.log.log,
                            shutdown=self._shutdown, stats_cmap=self.stats_cmap,
                            on_ready=self._ready, timer_add=self._timer_add,
-                           timer_del=self._timer_del, log_sync_completed=False)
+                           timer_del=self._timer_del, log_sync_completed=False,
+                           hooks=self._hooks())
         node.confchg_handlers.append(host.on_confchg)
         node.deliver_handlers.append(host.on_deliver)
         node.sync_hook = self._sync_started
         return host
+
+    # -- executive hooks offered to the services (services/cfg.py probes them) ------------
+
+    def _hooks(self) -> dict[str, Callable[..., Any]]:
+        hooks: dict[str, Callable[..., Any]] = {
+            "reopen_log_files": self._reopen_log_files,
+            "fatal_exit": self._fatal_exit,
+        }
+        if self.config_source is not None:
+            hooks["reload_config"] = self._reload_config
+        return hooks
+
+    def _reload_config(self) -> int:
+        """RELOAD_CONFIG reached this node (exec/reload.py does the work); the cs_error_t
+        goes back to the requesting client when this node originated the request."""
+        from .reload import reload_config
+
+        node = self.node
+        assert self.config_source is not None
+        result = reload_config(node.config, self.config_source.read, self.cmap, node,
+                               node.srp.config, self.log.log)
+        if result.config is not None:
+            node.config = result.config
+            if result.plan is not None and result.plan.totem_config is not None:
+                node.config.totem_config = result.plan.totem_config
+        return result.status
+
+    def _reopen_log_files(self) -> int:
+        """``corosync-cfgtool -L`` (logrotate's postrotate): the logfile is reopened by
+        name.  Like corosync, the debug line goes to the old file, and the answer is
+        CS_OK unless the file cannot be opened again."""
+        from ..lib.ipc import CsError
+
+        self.log.debug("CFG", "Reopening logging files")
+        try:
+            self.log.reopen_logfile()
+        except OSError as exc:
+            self.log.error("MAIN", f"Can't reopen logfile '{exc.filename}' for reason: "
+                                   f"{exc.strerror} ({exc.errno})")
+            return int(CsError.ERR_LIBRARY)
+        return int(CsError.OK)
+
+    def _fatal_exit(self, reason: str) -> None:
+        """KILLNODE naming this node: corosync calls its fatal-error exit with
+        COROSYNC_FATAL_ERROR_EXIT (-1), i.e. logs the line below (byte-identical, log
+        scrapers know it) and ``exit(-1)``: status 255, no LEAVE (peers see a token loss),
+        no service unloading, the pid file left behind (the next start cleans up)."""
+        self.log.debug("MAIN", f"fatal exit requested: {reason}")
+        self.log.error("MAIN", "Corosync Cluster Engine exiting with status -1 at cfg.c:566.")
+        self.log.close_logfile()
+        self._exit_process(EXIT_KILLED)
 
     def _mcast(self, group: bytes, message: bytes, guarantee: Any) -> None:
         self.node.mcast([group], message, guarantee)
@@ -531,7 +609,8 @@ def _pid_alive(pid: int) -> bool:
 
 
 async def run_node(config: Any, envelope: Any, log: CorosyncLog, ready_fd: int | None,
-                   stale_server_pid: int | None = None) -> int:
+                   stale_server_pid: int | None = None,
+                   config_source: ConfigSource | None = None) -> int:
     from .cmap import CmapStore
     from .ipc import remove_stale_dirs
     from .node import Node
@@ -562,7 +641,7 @@ async def run_node(config: Any, envelope: Any, log: CorosyncLog, ready_fd: int |
         removed = remove_stale_dirs(server_pid=stale_server_pid)
         if removed:
             log.info("MAIN", f"Removed {removed} IPC directories left by pid {stale_server_pid}")
-    ServiceLayer(node, cmap, stats_cmap, log)
+    ServiceLayer(node, cmap, stats_cmap, log, config_source=config_source)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             try:
@@ -573,6 +652,10 @@ async def run_node(config: Any, envelope: Any, log: CorosyncLog, ready_fd: int |
                     log.error("MAIN", str(exc))
                     return EXIT_INIT_SERVICES
                 if isinstance(exc, OSError):
+                    if exc.errno == errno.EADDRINUSE:  # after corosync's bind retries
+                        log.error("TOTEM", f"Unable to create sockets, exiting: "
+                                           f"{exc.strerror} ({exc.errno})")
+                        return EXIT_SOCKETS
                     log.error("TOTEM", f"Unable to bind the socket to {transport.local_ip}: "
                                        f"{exc.strerror} ({exc.errno})")
                     return EXIT_FATAL
@@ -630,7 +713,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _exit_error(log, status)
     try:
         stale = pidfile.previous_pid if pidfile.previous_pid != os.getpid() else None
-        status = trio.run(run_node, config, envelope, log, ready_fd, stale)
+        status = trio.run(run_node, config, envelope, log, ready_fd, stale,
+                          opts.config_source)
     except Exception as exc:  # a bug must still end in a logged, non-zero exit
         log.error("MAIN", f"Fatal error: {exc!r}")
         status = EXIT_FATAL
@@ -640,7 +724,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.notice("MAIN", "Corosync Cluster Engine exiting normally")
     else:
         report_ready(ready_fd, status)
-        _exit_error(log, status)
+        if status != EXIT_SOCKETS:  # corosync's exit(EXIT_FAILURE) logs nothing more
+            _exit_error(log, status)
     log.close_logfile()
     return status
 

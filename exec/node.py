@@ -27,6 +27,7 @@ actions meet the real world (the simulator is the other driver).  Design rules:
 from __future__ import annotations
 
 import collections
+import errno
 import traceback
 from typing import Any, Callable, Iterable, Protocol
 
@@ -41,6 +42,9 @@ from .totem.events import (Action, CancelTimer, ConfChg, ConfChgKind, Deliver, G
 
 #: How often the stats.srp.* cmap keys are refreshed (they are also refreshed on confchg).
 STATS_INTERVAL = 1.0
+#: corosync's BIND_MAX_RETRIES / BIND_RETRIES_INTERVAL (include/corosync/totem/totem.h)
+BIND_MAX_RETRIES = 10
+BIND_RETRIES_INTERVAL_MS = 100
 
 
 #: stats.srp.* keys the real daemon stores with a type other than u64
@@ -111,6 +115,8 @@ class Node:
         self.pg = pg
         self.srp = getattr(pg, "srp", pg)
         self.stats = DriverStats()
+        self.bind_max_retries = BIND_MAX_RETRIES
+        self.bind_retry_interval_ms = BIND_RETRIES_INTERVAL_MS
         self.deliver_handlers: list[Callable[[PgDeliver], None]] = []
         self.confchg_handlers: list[Callable[[ConfChg], None]] = []
         self.sync_hook: Callable[[ConfChg], None] | None = None
@@ -166,7 +172,7 @@ class Node:
         Raises OSError when the transport cannot bind (the caller reports it)."""
         t = self.transport
         self.log.notice("TOTEM", f"Initializing transport ({t.name}).")
-        t.open()
+        await self._open_transport()
         try:
             self.log.notice("TOTEM", f"The network interface [{t.local_ip}] is now up.")
             self._publish_config()
@@ -200,9 +206,80 @@ class Node:
             t.close()
             self._stopped.set()
 
+    async def _open_transport(self) -> None:
+        """Bind the ring socket, retrying while the address is in use.
+
+        corosync 3.1.7 retries ``bind`` up to BIND_MAX_RETRIES (10) more times, waiting
+        BIND_RETRIES_INTERVAL (100 ms) × attempt in between (5.5 s in all), logging
+        ``bind token socket failed: <strerror> (<errno>)`` each time; a restarted daemon
+        thus survives a predecessor that still holds the port.  Only EADDRINUSE is retried
+        here: the real daemon never binds an address that is not on an interface (it waits
+        for the interface instead), so any other error — e.g. EADDRNOTAVAIL for an
+        address given through COROSYNC_LOCAL_ADDRS — is reported at once.  The last
+        OSError propagates (main.py turns it into the exit status)."""
+        retries = 0
+        while True:
+            try:
+                self.transport.open()
+                return
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+                self.log.warning("TOTEM", f"bind token socket failed: {exc.strerror} "
+                                          f"({exc.errno})")
+                retries += 1
+                if retries > self.bind_max_retries:
+                    raise
+                await trio.sleep(self.bind_retry_interval_ms * retries / 1000.0)
+
     def stop(self) -> None:
         """Request a clean leave (SIGTERM/SIGINT path)."""
         self._stop.set()
+
+    # -- run-time reconfiguration (exec/reload.py's ReloadTargets) -----------------------
+
+    def apply_totem_config(self, config: Any) -> None:
+        """Run with new Totem timers/constants from now on.
+
+        Srp reads its ``config`` attribute whenever it arms a timer or sizes a token
+        round, so replacing it is enough: a timer already armed keeps its deadline, the
+        next one uses the new value (as corosync's totempg_put_config does).  netmtu (and
+        the envelope overhead) must not change: TotemPg and the send queue are sized by it
+        at start-up, and a reload never changes them."""
+        current = getattr(self.srp, "config", None)
+        if current is not None and (config.netmtu, config.transport_overhead) != (
+                current.netmtu, current.transport_overhead):
+            raise ValueError("netmtu cannot change on a running node")
+        self.srp.config = config
+        if hasattr(self.config, "totem_config"):
+            self.config.totem_config = config
+        if hasattr(self.transport, "block_unlisted_ips"):  # udpu: a volatile totem key too
+            self.transport.block_unlisted_ips = bool(config.block_unlisted_ips)
+
+    def add_member(self, nodeid: int, ip: str) -> None:
+        """A node added to the nodelist: the transport sends to it and accepts it."""
+        add = getattr(self.transport, "add_member", None)
+        if add is None:
+            return
+        add(nodeid, ip)
+        self._addresses[nodeid] = ip
+        if self.transport.name == "UDP/IP Unicast":
+            self.log.notice("TOTEM", f"adding new UDPU member {{{ip}}}")
+
+    def remove_member(self, nodeid: int, ip: str) -> None:
+        """A node removed from the nodelist: no more datagrams to or from it."""
+        remove = getattr(self.transport, "remove_member", None)
+        if remove is None:
+            return
+        remove(nodeid)
+        self._addresses.pop(nodeid, None)
+        if self.transport.name == "UDP/IP Unicast":
+            self.log.notice("TOTEM", f"removing UDPU member {{{ip}}}")
+
+    def configure_logging(self, settings: Any) -> None:
+        """Apply a new ``logging`` section (exec/log.py keeps the old destinations when
+        the new logfile cannot be opened, and raises OSError)."""
+        self.log.reconfigure(settings)
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()

@@ -74,6 +74,16 @@ class UdpTransport(DatagramSocketMixin):
         self._deliver: Deliver | None = None
         self._own_source = self._sockaddr(self.local_ip, port - 1)[:2]
 
+    def add_member(self, nodeid: int, ip: str) -> None:
+        """A node added to the nodelist at run time (config reload): its token address."""
+        ip = normalize_ip(ip)
+        if family_of(ip) != self.family:
+            raise ValueError(f"member {ip} is not of the same address family as {self.local_ip}")
+        self._members[nodeid] = self._sockaddr(ip, self.port)
+
+    def remove_member(self, nodeid: int) -> None:
+        self._members.pop(nodeid, None)
+
     def _sockaddr(self, ip: str, port: int) -> tuple[Any, ...]:
         return (ip, port, 0, 0) if self.family == socket.AF_INET6 else (ip, port)
 

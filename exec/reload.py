@@ -1,0 +1,345 @@
+"""Configuration reload (``corosync-cfgtool -R``): new file → cmap + live Totem/transport/log.
+
+The cfg service's RELOAD_CONFIG exec message makes every node call the executive's
+``reload_config`` hook; this module is that hook's logic, kept apart from the daemon so it
+can be tested with plain objects.  It works in three steps:
+
+1. **read**: :func:`read_new_config` re-reads the file the daemon was started with (the
+   embedded default text reloads as itself).  An unreadable file or a syntax error is a
+   *parse error*: logged as ``Unable to reload config file: …`` and answered
+   CS_ERR_INVALID_PARAM, with nothing changed.  Any other problem (timers out of range,
+   a node whose address changed…) is a *validation error*: ``Configuration is not valid:
+   …``, also CS_ERR_INVALID_PARAM, and — as in corosync — ``config.reload_status`` says so.
+2. **plan**: :func:`plan_reload` compares the new file's keys with the cmap store (not with
+   the old file: an operator may have changed keys at run time, corosync compares with the
+   live map too) and with the live Totem values, and returns a :class:`ReloadPlan`.
+3. **apply**: :func:`apply_plan` writes cmap between the two in-progress flags and pushes
+   the new values into the running node through :class:`ReloadTargets`.
+
+Facts from corosync 3.1.7 (exec/cfg.c, exec/totemconfig.c), observed on Debian's daemon:
+
+* flag order: ``config.totemconfig_reload_in_progress``=1, parse, then
+  ``config.reload_in_progress``=1, changes, then ``config.reload_status`` (i32, the
+  cs_error_t: 1 = CS_OK, 7 = CS_ERR_INVALID_PARAM), totemconfig flag 0, reload flag 0.
+  None of the three keys exists before the first reload;
+* keys removed from the file are deleted from cmap under ``logging. totem. nodelist.
+  quorum. uidgid.config. nozzle.``; every key of the new file is then set (same value: no
+  notification);
+* keys that cannot change at run time keep their value and each logs
+  ``Modified entry '<key>' in corosync.conf cannot be changed at run-time`` (notice);
+* Totem timers are re-derived (token + (N−2)·token_coefficient, token_retransmit, hold,
+  consensus unless given) and published under ``runtime.config.totem.*``; the knet ping
+  timers of link 0 keep their start-up values;
+* a nodelist entry whose node id stays but whose address changed fails the reload
+  (``To reconfigure an interface it must be deleted and recreated…``);
+* added/removed nodes become transport members (``adding new UDPU member {ip}`` /
+  ``removing UDPU member {ip}``).
+
+Deliberate differences (docs/corosync.conf.md, "Reloading"):
+
+* on a parse error 3.1.7 leaves ``config.totemconfig_reload_in_progress`` at 1 for good
+  (votequorum and qdevice then ignore run-time nodelist/quorum edits); we touch nothing;
+* a validation error in 3.1.7 happens after keys removed from the file were already
+  deleted from cmap; we validate first, so a failed reload changes no key (the flags and
+  ``config.reload_status`` still go through the same values);
+* corosync's run-time-fixed list names 2.x keys (``totem.interface.mcastaddr``) that never
+  match in 3.x, so a changed ``totem.interface.0.mcastport`` lands in cmap while the
+  socket keeps the old one; we refuse the per-link address/port keys with the same log line,
+  so cmap never claims what the sockets do not do.  Removing a fixed key from the file is
+  refused too (corosync deletes it from cmap silently);
+* crypto keys are refused as by a corosync built without knet crypto reconfiguration: our
+  udp/udpu crypto envelope cannot be swapped on a running ring.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Protocol
+
+import attrs
+from attrs import define, field
+
+from .cmap import CmapType
+from .config.errors import ConfigError
+from .totem.config import TotemConfig
+from .totem.events import LogLevel
+
+#: cs_error_t values used here (corosync.lib.ipc.CsError: OK=1, INVALID_PARAM=7)
+CS_OK = 1
+CS_ERR_INVALID_PARAM = 7
+
+KEY_RELOAD = "config.reload_in_progress"
+KEY_TOTEM_RELOAD = "config.totemconfig_reload_in_progress"
+KEY_STATUS = "config.reload_status"
+
+#: cmap prefixes whose keys disappear when they disappear from the file (cfg.c)
+DELETE_PREFIXES = ("logging.", "totem.", "nodelist.", "quorum.", "uidgid.config.", "nozzle.")
+
+#: keys corosync 3.1.7 keeps at their start-up value (cfg.c remove_ro_entries, with the
+#: crypto keys of a build without knet crypto reconfiguration) plus our own run_dir
+FIXED_KEYS = frozenset((
+    "totem.secauth", "totem.crypto_hash", "totem.crypto_cipher", "totem.crypto_model",
+    "totem.keyfile", "totem.key", "totem.version", "totem.threads", "totem.ip_version",
+    "totem.rrp_mode", "totem.netmtu", "totem.transport", "totem.cluster_name",
+    "quorum.provider", "system.move_to_root_cgroup", "system.allow_knet_handle_fallback",
+    "system.sched_rr", "system.priority", "system.qb_ipc_type", "system.state_dir",
+    "system.run_dir",
+))
+#: per-link socket settings: our sockets are bound once (see the module docstring)
+FIXED_KEY_RE = re.compile(
+    r"^totem\.interface\.\d+\.(bindnetaddr|mcastaddr|mcastport|ttl|broadcast)$")
+
+LogFn = Callable[[LogLevel, str, str], None]  # (level, subsys, message)
+
+
+def is_fixed_key(key: str) -> bool:
+    """Whether ``key`` keeps its start-up value across a reload."""
+    return key in FIXED_KEYS or FIXED_KEY_RE.match(key) is not None
+
+
+class ReloadInvalid(Exception):
+    """The new file parses but cannot be applied; ``lines`` are logged (error) first,
+    then ``"<prefix>: <str(self)>"``."""
+
+    def __init__(self, prefix: str, message: str, lines: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.prefix = prefix
+        self.lines = lines
+
+
+@define
+class ReloadPlan:
+    """What a reload changes; computed without side effects by :func:`plan_reload`."""
+
+    #: cmap keys to (re)write, in cmap order: (key, value, type)
+    sets: list[tuple[str, Any, CmapType]] = field(factory=list)
+    #: cmap keys to delete (gone from the file)
+    deletes: list[str] = field(factory=list)
+    #: run-time-fixed keys whose change is refused (each logged)
+    refused: list[str] = field(factory=list)
+    #: the Totem values to run with from now on
+    totem_config: TotemConfig | None = None
+    #: transport members to add / remove: (nodeid, ip)
+    added: list[tuple[int, str]] = field(factory=list)
+    removed: list[tuple[int, str]] = field(factory=list)
+    #: the new ``logging`` section when it differs from the running one, else None
+    logging: Any = None
+
+
+class ReloadTargets(Protocol):
+    """The running objects a reload reconfigures (exec/node.py ``Node`` implements it)."""
+
+    def apply_totem_config(self, config: TotemConfig) -> None:
+        """Use these timers/constants from now on (netmtu stays)."""
+
+    def add_member(self, nodeid: int, ip: str) -> None:
+        """A node joined the nodelist: send to it, accept its datagrams."""
+
+    def remove_member(self, nodeid: int, ip: str) -> None:
+        """A node left the nodelist."""
+
+    def configure_logging(self, settings: Any) -> None:
+        """Apply a new ``logging`` section (raises OSError if a logfile cannot be opened)."""
+
+
+# ---------------------------------------------------------------------------------------
+# step 1: read
+# ---------------------------------------------------------------------------------------
+def read_new_config(path: str | None, text: str | None = None,
+                    loader: Callable[..., Any] | None = None) -> Any:
+    """Parse the configuration again: ``path`` (re-read from disk) or, for a daemon started
+    on the embedded default, ``text``.  Raises ConfigError; an unreadable file becomes a
+    ``parser_style`` error like a syntax error (both are parse errors for corosync)."""
+    if loader is None:
+        from .config.model import load_config as loader
+    if text is None:
+        assert path is not None
+        try:
+            with open(path, "rb") as f:
+                text = f.read().decode("utf-8", errors="surrogateescape")
+        except OSError as exc:
+            err = ConfigError(f"Can't read file {path}: {exc.strerror}", path=path)
+            err.parser_style = False
+            err.unreadable = True  # type: ignore[attr-defined]
+            raise err from None
+    return loader(path, text=text)
+
+
+def is_parse_error(exc: ConfigError) -> bool:
+    """Syntax, integer-range and read errors (corosync's coroparse stage)."""
+    return bool(exc.parser_style or getattr(exc, "unreadable", False))
+
+
+# ---------------------------------------------------------------------------------------
+# step 2: plan
+# ---------------------------------------------------------------------------------------
+def _addresses(config: Any) -> dict[int, str]:
+    from .transport import node_address
+
+    ip_version = str(getattr(config.totem, "ip_version", "ipv6-4") or "ipv6-4")
+    out: dict[int, str] = {}
+    for node in config.nodes:
+        if node.ring0_addr is None:
+            continue
+        try:
+            out[node.nodeid] = node_address(node.ring0_addr, ip_version)
+        except ValueError:
+            out[node.nodeid] = str(node.ring0_addr)
+    return out
+
+
+def _values_equal(cmap: Any, key: str, value: Any, t: CmapType) -> bool:
+    if key not in cmap:
+        return False
+    entry = cmap.get_entry(key)
+    return bool(entry.type == t and entry.value == value)
+
+
+def plan_reload(old: Any, new: Any, cmap: Any, live_totem: TotemConfig) -> ReloadPlan:
+    """Compare the new configuration with the cmap store and the live values.
+
+    ``old`` is the configuration the node runs with (its node id, addresses and logging),
+    ``new`` the freshly parsed one.  Raises :class:`ReloadInvalid` when the new nodelist
+    cannot be applied (this node's id changed, a node's address changed)."""
+    if new.local_node.nodeid != old.local_node.nodeid:
+        raise ReloadInvalid(
+            "Configuration is not valid",
+            f"parse error in config: this node's nodeid cannot change at run-time "
+            f"({old.local_node.nodeid} -> {new.local_node.nodeid})")
+    old_addrs = _addresses(old)
+    new_addrs = _addresses(new)
+    moved = [f"new config has different address for link 0 (addr changed from "
+             f"{old_addrs[nid]} to {ip}). Internal value was NOT changed."
+             for nid, ip in sorted(new_addrs.items())
+             if nid in old_addrs and old_addrs[nid] != ip]
+    if moved:
+        raise ReloadInvalid(
+            "Cannot configure new interface definitions",
+            "To reconfigure an interface it must be deleted and recreated. A working "
+            "interface needs to be available to corosync at all times", tuple(moved))
+
+    plan = ReloadPlan()
+    wanted: dict[str, tuple[Any, CmapType]] = {
+        k.key: (k.value, k.type) for k in new.keymap.keys.values()}
+    # runtime.config.totem.*: the re-derived timers; link knet ping timers stay as started
+    for key, value, t in new.runtime_entries:
+        if not key.startswith("runtime.config.totem.interface."):
+            wanted[key] = (value, t)
+
+    for prefix in DELETE_PREFIXES:
+        for key in cmap.keys(prefix):
+            if key in wanted:
+                continue
+            if is_fixed_key(key):
+                plan.refused.append(key)
+            else:
+                plan.deletes.append(key)
+    for key in sorted(wanted):
+        value, t = wanted[key]
+        if _values_equal(cmap, key, value, t):
+            continue
+        if is_fixed_key(key):
+            plan.refused.append(key)
+            continue
+        plan.sets.append((key, value, t))
+    plan.refused.sort()
+
+    plan.totem_config = attrs.evolve(new.totem_config, netmtu=live_totem.netmtu,
+                                     transport_overhead=live_totem.transport_overhead)
+    plan.removed = sorted((nid, ip) for nid, ip in old_addrs.items() if nid not in new_addrs)
+    plan.added = sorted((nid, ip) for nid, ip in new_addrs.items() if nid not in old_addrs)
+    if attrs.has(type(new.logging)) and attrs.has(type(old.logging)):
+        if attrs.asdict(new.logging) != attrs.asdict(old.logging):
+            plan.logging = new.logging
+    elif new.logging != old.logging:
+        plan.logging = new.logging
+    return plan
+
+
+# ---------------------------------------------------------------------------------------
+# step 3: apply
+# ---------------------------------------------------------------------------------------
+def _set_flag(cmap: Any, key: str, value: int) -> None:
+    cmap.set(key, value, CmapType.UINT8)
+
+
+def _finish(cmap: Any, status: int) -> None:
+    cmap.set(KEY_STATUS, status, CmapType.INT32)
+    _set_flag(cmap, KEY_TOTEM_RELOAD, 0)
+    _set_flag(cmap, KEY_RELOAD, 0)
+
+
+def apply_plan(plan: ReloadPlan, cmap: Any, targets: ReloadTargets, log: LogFn) -> None:
+    """Write cmap and reconfigure the live objects (between the two flags)."""
+    for key in plan.refused:
+        log(LogLevel.NOTICE, "CFG",
+            f"Modified entry '{key}' in corosync.conf cannot be changed at run-time")
+    for key in plan.deletes:
+        if key in cmap:
+            cmap.delete(key)
+    for key, value, t in plan.sets:
+        cmap.set(key, value, t)
+    if plan.totem_config is not None:
+        targets.apply_totem_config(plan.totem_config)
+    for nodeid, ip in plan.removed:
+        log(LogLevel.DEBUG, "TOTEM", f"removing dynamic member {ip} for ring 0")
+        targets.remove_member(nodeid, ip)
+    for nodeid, ip in plan.added:
+        log(LogLevel.DEBUG, "TOTEM", f"adding dynamic member {ip} for ring 0")
+        targets.add_member(nodeid, ip)
+    if plan.logging is not None:
+        try:
+            targets.configure_logging(plan.logging)
+        except OSError as exc:
+            log(LogLevel.ERROR, "MAIN", f"Can't open logfile '{exc.filename}' for reason: "
+                                        f"{exc.strerror} ({exc.errno}); logging unchanged")
+
+
+@define
+class ReloadResult:
+    status: int
+    #: the configuration to compare the next reload with (None: keep the old one)
+    config: Any = None
+    plan: ReloadPlan | None = None
+
+
+def reload_config(old: Any, read: Callable[[], Any], cmap: Any, targets: ReloadTargets,
+                  live_totem: TotemConfig, log: LogFn) -> ReloadResult:
+    """The whole reload on this node; returns the cs_error_t for the client (and the new
+    configuration to keep).  Never raises for bad input: every failure is logged and
+    answered CS_ERR_INVALID_PARAM."""
+    try:
+        new = read()
+    except ConfigError as exc:
+        if is_parse_error(exc):
+            log(LogLevel.ERROR, "CFG", f"Unable to reload config file: {exc}")
+            return ReloadResult(CS_ERR_INVALID_PARAM)
+        return _invalid(cmap, log, ReloadInvalid("Configuration is not valid",
+                                                 f"parse error in config: {exc}"))
+    try:
+        plan = plan_reload(old, new, cmap, live_totem)
+    except ReloadInvalid as exc:
+        return _invalid(cmap, log, exc)
+    _set_flag(cmap, KEY_TOTEM_RELOAD, 1)
+    _set_flag(cmap, KEY_RELOAD, 1)
+    try:
+        apply_plan(plan, cmap, targets, log)
+    except Exception as exc:  # a bug must not leave the flags up
+        log(LogLevel.ERROR, "CFG", f"Error making new config live. cmap database may be "
+                                   f"inconsistent: {exc!r}")
+        _finish(cmap, CS_ERR_INVALID_PARAM)
+        return ReloadResult(CS_ERR_INVALID_PARAM)
+    _finish(cmap, CS_OK)
+    return ReloadResult(CS_OK, new, plan)
+
+
+def _invalid(cmap: Any, log: LogFn, exc: ReloadInvalid) -> ReloadResult:
+    """A validation failure: logged, flags raised and dropped with the error status (what
+    votequorum and qdevice see of a failed corosync reload), no key changed."""
+    _set_flag(cmap, KEY_TOTEM_RELOAD, 1)
+    for line in exc.lines:
+        log(LogLevel.ERROR, "TOTEM", line)
+    log(LogLevel.ERROR, "CFG", f"{exc.prefix}: {exc}")
+    _set_flag(cmap, KEY_RELOAD, 1)
+    _finish(cmap, CS_ERR_INVALID_PARAM)
+    return ReloadResult(CS_ERR_INVALID_PARAM)
