@@ -269,8 +269,10 @@ def one_run(impl: str, args: argparse.Namespace, root: Path) -> dict[str, dict[s
             (d / "corosync.conf").write_text(conf(i, d, impl == "ours"))
             ns = localcluster.ns_name(state, i)
             if impl == "ours":
-                cmd = ["ip", "netns", "exec", ns, sys.executable, "-m", "corosync.exec.main",
-                       "-f", "-c", str(d / "corosync.conf")]
+                prof = (["-m", "cProfile", "-o", os.path.join(args.profile, f"n{i}.prof")]
+                        if args.profile else [])
+                cmd = ["ip", "netns", "exec", ns, sys.executable, *prof, "-m",
+                       "corosync.exec.main", "-f", "-c", str(d / "corosync.conf")]
             else:
                 inner = ("mount -t tmpfs none /run && mount -t tmpfs none /var/lib/corosync && "
                          f"mount -t tmpfs none /dev/shm && exec {REAL} -f -c "
@@ -383,6 +385,8 @@ def main() -> int:
     ap.add_argument("--pings", type=int, default=200, help="idle latency samples")
     ap.add_argument("--timeout", type=float, default=180, help="per phase, seconds")
     ap.add_argument("--impls", nargs="+", choices=("ours", "debian"), default=["ours", "debian"])
+    ap.add_argument("--profile", metavar="DIR",
+                    help="run our daemons under cProfile, writing DIR/n<i>.prof")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: 1 run, 1 MB / at most 300 messages per phase, 50 pings")
     args = ap.parse_args()
