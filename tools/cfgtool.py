@@ -301,7 +301,18 @@ def kill_node(out: IO[str], err: IO[str], nodeid: int) -> int:
         return 0
 
 
-def expand_long(args: list[str], err: IO[str]) -> tuple[list[str], bool] | None:
+def program_name(argv0: str | None) -> str:
+    """The name glibc's getopt puts in front of its messages: ``argv[0]`` exactly as the
+    tool was invoked (``/usr/sbin/corosync-cfgtool``, ``./corosync-cfgtool`` …).  Under
+    ``python -m`` argv[0] is the module file, which names nothing a user typed: then the
+    tool's own name."""
+    if not argv0 or argv0.endswith(".py") or argv0 == "-c":
+        return PROG
+    return argv0
+
+
+def expand_long(args: list[str], err: IO[str], prog: str = PROG
+                ) -> tuple[list[str], bool] | None:
     """Rewrite glibc long options into their short forms; ``--force`` becomes a flag.
     Unique prefixes are accepted like getopt_long does.  None after an error message."""
     out: list[str] = []
@@ -322,20 +333,20 @@ def expand_long(args: list[str], err: IO[str]) -> tuple[list[str], bool] | None:
             matches = [name]
         if len(matches) != 1:
             kind = "ambiguous" if matches else "unrecognized"
-            err.write(f"{PROG}: {kind} option '{arg}'\n")
+            err.write(f"{prog}: {kind} option '{arg}'\n")
             return None
         short, needs = LONG_OPTIONS[matches[0]]
         if needs:
             if not eq:
                 if i >= len(args):
-                    err.write(f"{PROG}: option '--{matches[0]}' requires an argument\n")
+                    err.write(f"{prog}: option '--{matches[0]}' requires an argument\n")
                     return None
                 value = args[i]
                 i += 1
             out += [f"-{short}", value]
         else:
             if eq:
-                err.write(f"{PROG}: option '--{matches[0]}' doesn't allow an argument\n")
+                err.write(f"{prog}: option '--{matches[0]}' doesn't allow an argument\n")
                 return None
             if short:
                 out.append(f"-{short}")
@@ -355,15 +366,17 @@ def _nodeid_arg(text: str | None) -> int | None:
 def main(argv: list[str] | None = None, out: IO[str] | None = None,
          err: IO[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    # glibc names the program by argv[0]; a caller passing argv gets the plain tool name
+    prog = program_name(sys.argv[0] if argv is None else None)
     out = out or sys.stdout
     err = err or sys.stderr
-    expanded = expand_long(list(args), err)
+    expanded = expand_long(list(args), err, prog)
     if expanded is None:
         return 1
     args, force = expanded
     action, nodeid, brief = "noop", 0, False
     try:
-        for item in gnu_getopt(args, OPTSTRING, PROG):
+        for item in gnu_getopt(args, OPTSTRING, prog):
             if isinstance(item, list):
                 continue
             opt, val = item

@@ -104,6 +104,27 @@ def test_help_and_option_errors(shared_dir: Path) -> None:
         (["-s", "-i", "1.2.3.4"], True)
 
 
+@pytest.mark.parametrize("args", [["-x"], ["--bogus"], ["--kill"], ["-k"], ["--stat=1"]])
+def test_option_errors_name_argv0_like_glibc(tmp_path: Path, monkeypatch, args) -> None:
+    """glibc's getopt prefixes its messages with argv[0] as invoked (a path, a symlink
+    name): the same invocation name must give the same bytes as Debian's tool."""
+    debian = Path("/usr/sbin/corosync-cfgtool")
+    link = tmp_path / "my-cfgtool"
+    want_rc, want_err = 1, None
+    if debian.exists():
+        link.symlink_to(debian)
+        theirs = subprocess.run([str(link), *args], capture_output=True, text=True, timeout=30)
+        want_rc, want_err = theirs.returncode, theirs.stderr
+    monkeypatch.setattr(sys, "argv", [str(link), *args])
+    out, err = io.StringIO(), io.StringIO()
+    assert ct.main(None, out, err) == want_rc
+    assert err.getvalue().startswith(f"{link}: ")
+    if want_err is not None:
+        assert err.getvalue() == want_err
+    # under ``python -m`` argv[0] is the module file: the tool's own name instead
+    assert ct.program_name(ct.__file__) == "corosync-cfgtool"
+
+
 def test_no_daemon_matches_reference(shared_dir: Path) -> None:
     ref = shared_dir / "reference" / "common"
     p = subprocess.run(["unshare", "-n", *OURS, "-s"], capture_output=True, timeout=60)
