@@ -11,109 +11,29 @@
     same membership views, also after a real node is SIGKILLed.
 
 Needs root, iproute2, unshare, nsenter and /usr/sbin/corosync; otherwise skipped with the
-reason printed.  Layout as tests/interop/test_interop_totem.py (corosync-localcluster's
-netns layout, real nodes in private mount namespaces).  Every process is stopped by pid.
+reason printed.  Layout: tests/realcorosync.py's Lab.  Every process is stopped by pid.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
+import realcorosync
+from realcorosync import CMAPCTL, CPGTOOL, wait_for
 
-from corosync.tools import localcluster
-
-REAL = "/usr/sbin/corosync"
-CMAPCTL = "/usr/sbin/corosync-cmapctl"
-CPGTOOL = "/usr/sbin/corosync-cpgtool"
-SYNC_DONE = "Completed service synchronization, ready to provide service."
 CLIENT = Path(__file__).resolve().parents[1] / "exec" / "test_daemon_services.py"
-MEMBERSHIP_RE = re.compile(r"A new membership \(([\w.]+)\) was formed\. Members(.*)$")
 
 
-def _skip_reason() -> str | None:
-    if not os.path.exists(REAL):
-        return f"{REAL} not installed (apt-get install corosync)"
-    if os.geteuid() != 0:
-        return "needs root for network and mount namespaces"
-    for tool in ("ip", "unshare", "nsenter"):
-        if not shutil.which(tool):
-            return f"needs {tool}"
-    return None
-
-
-def conf_text(d: Path, nodes: tuple[int, ...], ours: bool, ipc_type: str | None = None,
-              name: str = "svcio") -> str:
-    nodelist = "".join(f"    node {{\n        ring0_addr: 198.18.0.{i}\n        nodeid: {i}\n"
-                       f"        name: n{i}\n    }}\n" for i in nodes)
-    system = ""
-    if ours or ipc_type:
-        system = "system {\n"
-        if ours:
-            system += f"    state_dir: {d / 'state'}\n    run_dir: {d / 'run'}\n"
-        if ipc_type:
-            system += f"    qb_ipc_type: {ipc_type}\n"
-        system += "}\n"
-    return ("totem {\n    version: 2\n    cluster_name: " + name + "\n    transport: udpu\n"
-            "    token: 1000\n    token_coefficient: 0\n    crypto_cipher: none\n"
-            "    crypto_hash: none\n}\n"
-            "logging {\n    to_stderr: no\n    to_logfile: yes\n"
-            f"    logfile: {d / 'corosync.log'}\n    to_syslog: no\n    timestamp: hires\n}}\n"
-            "quorum {\n    provider: corosync_votequorum\n}\n"
-            f"nodelist {{\n{nodelist}}}\n{system}")
-
-
-def wait_for(pred, timeout: float, what) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for "
-                        f"{what() if callable(what) else what}")
-        time.sleep(0.1)
-
-
-def view(text: str) -> tuple[int, ...]:
-    current: set[int] = set()
-    for line in text.splitlines():
-        m = MEMBERSHIP_RE.search(line)
-        if not m:
-            continue
-        j = re.search(r"joined: ([\d ]+?)(?: left:|$)", m.group(2))
-        lft = re.search(r"left: ([\d ]+)$", m.group(2))
-        if j:
-            current |= {int(x) for x in j.group(1).split()}
-        if lft:
-            current -= {int(x) for x in lft.group(1).split()}
-    return tuple(sorted(current))
-
-
-class Client:
+class Client(realcorosync.JsonLines):
     """A CPG client process (JSON lines, see tests/exec/test_daemon_services.py)."""
 
-    def __init__(self, cmd: list[str], env: dict[str, str]) -> None:
-        self.p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, env=env, text=True)
-        self.lines: list[dict] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.p.stdout is not None
-        for line in self.p.stdout:
-            self.lines.append(json.loads(line))
-
-    def cmd(self, text: str) -> None:
-        assert self.p.stdin is not None
-        self.p.stdin.write(text + "\n")
-        self.p.stdin.flush()
+    cmd = realcorosync.JsonLines.send
 
     @property
     def pid(self) -> int | None:
@@ -136,113 +56,31 @@ class Client:
                 self.cmd("quit")
                 self.p.wait(10)
             except (OSError, subprocess.TimeoutExpired):
-                self.p.kill()
-                self.p.wait(5)
+                self.kill()
 
 
-class Lab:
-    def __init__(self, tmp: Path, state: dict) -> None:
-        self.tmp = tmp
-        self.state = state
-        self.procs: dict[int, subprocess.Popen] = {}
-        self.ours: dict[int, bool] = {}
-        self.logs: dict[int, Path] = {}
-        self.clients: list[Client] = []
-        # our clients must find the daemons by libqb's abstract names, like Debian's tools
-        self.env = {k: v for k, v in os.environ.items() if k != "COROSYNC_IPC_DIR"}
+class Lab(realcorosync.Lab):
+    def start(self, i: int, ours: bool, nodes: tuple[int, ...] = (1, 2, 3),  # type: ignore[override]
+              ipc_type: str | None = None, tag: str = "") -> realcorosync.NsDaemon:
+        d = self.node_dir(i, tag)
+        conf = realcorosync.conf_text(
+            cluster_name="svcio", nodes=[(n, f"198.18.0.{n}") for n in nodes], timestamp=True,
+            log=d / "corosync.log", ipc_type=ipc_type, dirs=d if ours else None)
+        return super().start(i, ours, conf, tag=tag)
 
-    def ns(self, i: int) -> str:
-        return localcluster.ns_name(self.state, i)
-
-    def start(self, i: int, ours: bool, nodes: tuple[int, ...] = (1, 2, 3),
-              ipc_type: str | None = None, tag: str = "") -> None:
-        d = self.tmp / f"n{i}{tag}"
-        d.mkdir(exist_ok=True)
-        (d / "corosync.conf").write_text(conf_text(d, nodes, ours, ipc_type))
-        self.logs[i] = d / "corosync.log"
-        self.ours[i] = ours
-        if ours:
-            cmd = ["ip", "netns", "exec", self.ns(i), sys.executable, "-m",
-                   "corosync.exec.main", "-f", "-c", str(d / "corosync.conf")]
-        else:
-            inner = ("mount -t tmpfs none /run && mount -t tmpfs none /var/lib/corosync && "
-                     f"mount -t tmpfs none /dev/shm && exec {REAL} -f -c {d / 'corosync.conf'}")
-            cmd = ["ip", "netns", "exec", self.ns(i), "unshare", "-m", "sh", "-c", inner]
-        err = open(d / "stderr", "ab")
-        self.procs[i] = subprocess.Popen(cmd, stdout=err, stderr=err, stdin=subprocess.DEVNULL,
-                                         env={**self.env,
-                                              "COROSYNC_LOCAL_ADDRS": f"198.18.0.{i}"})
-
-    def stop(self, i: int, sig: int = signal.SIGTERM) -> int | None:
-        p = self.procs.get(i)
-        if p is None:
-            return None
-        if p.poll() is None:
-            os.kill(p.pid, sig)  # ip/unshare/sh exec in place: this pid is the daemon
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                os.kill(p.pid, signal.SIGKILL)
-                p.wait(5)
-        return p.returncode
-
-    def text(self, i: int) -> str:
-        try:
-            return self.logs[i].read_text(errors="replace")
-        except (FileNotFoundError, KeyError):
-            return ""
-
-    def enter(self, i: int) -> list[str]:
-        """Run a command where node i's clients live (net ns; + mount ns for a real node,
-        whose /dev/shm is private)."""
-        if self.ours[i]:
-            return ["ip", "netns", "exec", self.ns(i)]
-        return ["nsenter", "-t", str(self.procs[i].pid), "-m", "-n"]
-
-    def run(self, i: int, *argv: str) -> subprocess.CompletedProcess:
-        return subprocess.run([*self.enter(i), *argv], capture_output=True, text=True,
-                              timeout=30, env=self.env)
+    def run(self, i: int, *argv: str) -> subprocess.CompletedProcess:  # type: ignore[override]
+        return super().run(i, *argv, timeout=30, text=True)
 
     def client(self, i: int, group: str) -> Client:
         c = Client([*self.enter(i), sys.executable, str(CLIENT), "cpg", group], self.env)
         self.clients.append(c)
         return c
 
-    def synced(self, nodes: tuple[int, ...]) -> bool:
-        for i in nodes:
-            t = self.text(i)
-            pos = t.rfind("A new membership")
-            if pos < 0 or SYNC_DONE not in t[pos:] or view(t) != nodes:
-                return False
-        return True
-
-    def close(self) -> None:
-        for c in self.clients:
-            if c.p.poll() is None:
-                c.p.kill()
-                c.p.wait(5)
-        for i in list(self.procs):
-            self.stop(i)
-        localcluster.netns_down(self.state)
-
 
 @pytest.fixture
 def lab(tmp_path):
-    reason = _skip_reason()
-    if reason:
-        print(f"SKIP services interop: {reason}")
-        pytest.skip(reason)
-    state = {"n": 3, "prefix": f"si{os.getpid() % 100000}", "namespaces": [], "netns": True}
-    try:
-        localcluster.netns_up(state)
-    except localcluster.LocalClusterError as exc:
-        localcluster.netns_down(state)
-        pytest.skip(f"cannot build network namespaces: {exc}")
-    lab = Lab(tmp_path, state)
-    try:
+    with Lab.open(tmp_path, "si", "services interop") as lab:
         yield lab
-    finally:
-        lab.close()
 
 
 # ------------------------------------------------------------------- (a) Debian's tools
