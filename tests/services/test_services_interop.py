@@ -3,150 +3,45 @@ udpu ring with two of Debian's corosync 3.1.7: sync completes on the real nodes 
 barriers are counted right), and CPG works across the mixed ring — a client on a real node
 and a client on ours see each other join, get both messages in the same order, and the real
 side sees our client's death as PROCDOWN.  Needs root, iproute2, unshare, nsenter and
-/usr/sbin/corosync (else skipped with the reason printed).  Layout as
-tests/interop/test_interop_totem.py: one network namespace per node (198.18.0.x)."""
+/usr/sbin/corosync (else skipped with the reason printed).  Layout: tests/realcorosync.py's Lab
+(one network namespace per node, 198.18.0.x)."""
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+import realcorosync
+from realcorosync import CMAPCTL, wait_for
 
-from corosync.tools import localcluster
-
-REAL = "/usr/sbin/corosync"
 HERE = Path(__file__).resolve().parent
-SYNC_DONE = "Completed service synchronization, ready to provide service."
 
 
-def _skip_reason() -> str | None:
-    if not os.path.exists(REAL):
-        return f"{REAL} not installed"
-    if os.geteuid() != 0:
-        return "needs root for network and mount namespaces"
-    for tool in ("ip", "unshare", "nsenter"):
-        if not shutil.which(tool):
-            return f"needs {tool}"
-    return None
+class Lab(realcorosync.Lab):
+    """Three nodes, ours or Debian's; clients are tests/services/svc_cpg_client.py."""
 
-
-def conf_text(d: Path, ours: bool) -> str:
-    nodes = "".join(f"    node {{\n        ring0_addr: 198.18.0.{i}\n        nodeid: {i}\n"
-                    f"    }}\n" for i in (1, 2, 3))
-    system = (f"system {{\n    state_dir: {d / 'state'}\n    run_dir: {d / 'run'}\n}}\n"
-              if ours else "")
-    return ("totem {\n    version: 2\n    cluster_name: svcinterop\n    transport: udpu\n"
-            "    token: 1000\n    token_coefficient: 0\n    crypto_cipher: none\n"
-            "    crypto_hash: none\n}\n"
-            "logging {\n    to_stderr: no\n    to_logfile: yes\n"
-            f"    logfile: {d / 'corosync.log'}\n    to_syslog: no\n    debug: on\n}}\n"
-            "quorum {\n    provider: corosync_votequorum\n}\n"
-            f"nodelist {{\n{nodes}}}\n{system}")
-
-
-def wait_for(pred, timeout: float, what) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what() if callable(what) else what}")
-        time.sleep(0.1)
-
-
-class Lab:
-    """Three network namespaces; real nodes in private mount namespaces (as the totem
-    interop test); ours is our daemon.  Every process is stopped by pid."""
-
-    def __init__(self, tmp_path: Path, state: dict) -> None:
-        self.tmp = tmp_path
-        self.state = state
-        self.procs: dict[int, subprocess.Popen] = {}
-        self.logs: dict[int, Path] = {}
-        self.clients: list[subprocess.Popen] = []
-        self.env = {**os.environ,
-                    "PYTHONPATH": str(HERE) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-
-    def ns(self, i: int) -> str:
-        return localcluster.ns_name(self.state, i)
-
-    def start(self, i: int, ours: bool) -> None:
-        d = self.tmp / f"n{i}"
-        d.mkdir(exist_ok=True)
-        (d / "corosync.conf").write_text(conf_text(d, ours))
-        self.logs[i] = d / "corosync.log"
-        if ours:
-            cmd = ["ip", "netns", "exec", self.ns(i), sys.executable, "-m",
-                   "corosync.exec.main", "-f", "-c", str(d / "corosync.conf")]
-        else:
-            inner = ("mount -t tmpfs none /run && mount -t tmpfs none /var/lib/corosync && "
-                     f"mount -t tmpfs none /dev/shm && exec {REAL} -f -c {d / 'corosync.conf'}")
-            cmd = ["ip", "netns", "exec", self.ns(i), "unshare", "-m", "sh", "-c", inner]
-        err = open(d / "stderr", "ab")
-        self.procs[i] = subprocess.Popen(cmd, stdout=err, stderr=err, stdin=subprocess.DEVNULL,
-                                         env={**self.env,
-                                              "COROSYNC_LOCAL_ADDRS": f"198.18.0.{i}"})
-
-    def stop(self, i: int, sig: int = signal.SIGTERM) -> None:
-        p = self.procs.get(i)
-        if p is None or p.poll() is not None:
-            return
-        os.kill(p.pid, sig)  # ip/unshare/sh exec in place: this pid is the daemon
-        try:
-            p.wait(15)
-        except subprocess.TimeoutExpired:
-            os.kill(p.pid, signal.SIGKILL)
-            p.wait(5)
-
-    def text(self, i: int) -> str:
-        try:
-            return self.logs[i].read_text(errors="replace")
-        except (FileNotFoundError, KeyError):
-            return ""
+    def start(self, i: int, ours: bool) -> realcorosync.NsDaemon:  # type: ignore[override]
+        d = self.node_dir(i)
+        conf = realcorosync.conf_text(
+            cluster_name="svcinterop", nodes=[(n, f"198.18.0.{n}") for n in (1, 2, 3)],
+            names=False, debug=True, log=d / "corosync.log", dirs=d if ours else None)
+        return super().start(i, ours, conf)
 
     def client_cmd(self, i: int, ours: bool, *args: str) -> list[str]:
-        script = [sys.executable, str(HERE / "svc_cpg_client.py"), *args]
-        if ours:
-            return ["ip", "netns", "exec", self.ns(i), *script]
-        return ["nsenter", "-t", str(self.procs[i].pid), "-m", "-n", *script]
+        return [*self.enter(i), sys.executable, str(HERE / "svc_cpg_client.py"), *args]
 
     def watcher(self, i: int, ours: bool, group: str) -> "Watcher":
-        p = subprocess.Popen(self.client_cmd(i, ours, "watch", group), stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env,
-                             text=True)
-        self.clients.append(p)
-        return Watcher(p)
-
-    def close(self) -> None:
-        for p in self.clients:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        for i in list(self.procs):
-            self.stop(i)
-        localcluster.netns_down(self.state)
+        w = Watcher(self.client_cmd(i, ours, "watch", group), self.env)
+        self.clients.append(w)
+        return w
 
 
-class Watcher:
+class Watcher(realcorosync.JsonLines):
     """A ``svc_cpg_client.py watch`` process: JSON lines read by a thread."""
-
-    def __init__(self, p: subprocess.Popen) -> None:
-        import threading
-
-        self.p = p
-        self.lines: list[dict] = []
-        self._t = threading.Thread(target=self._read, daemon=True)
-        self._t.start()
-
-    def _read(self) -> None:
-        assert self.p.stdout is not None
-        for line in self.p.stdout:
-            self.lines.append(json.loads(line))
 
     @property
     def pid(self) -> int:
@@ -163,55 +58,14 @@ class Watcher:
 
 @pytest.fixture
 def lab(tmp_path):
-    reason = _skip_reason()
-    if reason:
-        print(f"SKIP services interop: {reason}")
-        pytest.skip(reason)
-    state = {"n": 3, "prefix": f"sv{os.getpid() % 100000}", "namespaces": [], "netns": True}
-    try:
-        localcluster.netns_up(state)
-    except localcluster.LocalClusterError as exc:
-        localcluster.netns_down(state)
-        pytest.skip(f"cannot build network namespaces: {exc}")
-    lab = Lab(tmp_path, state)
-    try:
+    with Lab.open(tmp_path, "sv", "services interop") as lab:
         yield lab
-    finally:
-        lab.close()
-
-
-def synced_ring(lab: Lab, nodes: tuple[int, ...]) -> bool:
-    """Every node's last membership line is followed by a completed sync and the
-    reconstructed view is ``nodes``."""
-    for i in nodes:
-        t = lab.text(i)
-        pos = t.rfind("A new membership")
-        if pos < 0 or SYNC_DONE not in t[pos:] or view(t) != nodes:
-            return False
-    return True
-
-
-def view(text: str) -> tuple[int, ...]:
-    import re
-
-    current: set[int] = set()
-    for line in text.splitlines():
-        m = re.search(r"A new membership \(([\w.]+)\) was formed\. Members(.*)$", line)
-        if not m:
-            continue
-        j = re.search(r"joined: ([\d ]+?)(?: left:|$)", m.group(2))
-        lft = re.search(r"left: ([\d ]+)$", m.group(2))
-        if j:
-            current |= {int(x) for x in j.group(1).split()}
-        if lft:
-            current -= {int(x) for x in lft.group(1).split()}
-    return tuple(sorted(current))
 
 
 def test_cpg_across_a_mixed_ring(lab):
     for i, ours in ((1, False), (2, False), (3, True)):
         lab.start(i, ours)
-    wait_for(lambda: synced_ring(lab, (1, 2, 3)), 40,
+    wait_for(lambda: lab.synced((1, 2, 3)), 40,
              lambda: {i: lab.text(i)[-1500:] for i in (1, 2, 3)})
     # clients: one on real node 1 (inside its mount + network namespaces), one on ours
     real_client = subprocess.Popen(lab.client_cmd(1, False, "mixed", "from-real", "2", "stay"),
@@ -235,17 +89,11 @@ def test_cpg_across_a_mixed_ring(lab):
     assert real["confchg"][-1][2] == [[3, ours["pid"], 5]]
     # cmap: each side recorded the other's config_version from the CMAP_MCAST exchange;
     # Debian's corosync-cmapctl reads ours through our IPC server
-    cmapctl = "/usr/sbin/corosync-cmapctl"  # Debian's tool (not a same-named shim)
-    real_view = subprocess.run(["nsenter", "-t", str(lab.procs[1].pid), "-m", "-n", cmapctl,
-                                "-g", "runtime.members.3.config_version"],
-                               capture_output=True, text=True, timeout=20)
+    real_view = lab.run(1, CMAPCTL, "-g", "runtime.members.3.config_version", text=True)
     assert real_view.stdout.strip() == "runtime.members.3.config_version (u64) = 0", real_view
-    our_view = subprocess.run(["ip", "netns", "exec", lab.ns(3), cmapctl,
-                               "-g", "runtime.members.1.config_version"],
-                              capture_output=True, text=True, timeout=20)
+    our_view = lab.run(3, CMAPCTL, "-g", "runtime.members.1.config_version", text=True)
     assert our_view.stdout.strip() == "runtime.members.1.config_version (u64) = 0", our_view
-    name = subprocess.run(["ip", "netns", "exec", lab.ns(3), cmapctl, "-g", "totem.cluster_name"],
-                          capture_output=True, text=True, timeout=20)
+    name = lab.run(3, CMAPCTL, "-g", "totem.cluster_name", text=True)
     assert name.stdout.strip() == "totem.cluster_name (str) = svcinterop", name
     for i in (1, 2, 3):
         assert lab.procs[i].poll() is None, f"n{i} exited: {lab.text(i)[-2000:]}"
@@ -257,14 +105,14 @@ def test_ours_as_representative_learns_joinlist_and_sees_nodedown(lab):
     gives our client NODEDOWN, and the other real node agrees."""
     lab.start(2, False)
     lab.start(3, False)
-    wait_for(lambda: synced_ring(lab, (2, 3)), 30, lambda: lab.text(2)[-1500:])
+    wait_for(lambda: lab.synced((2, 3)), 30, lambda: lab.text(2)[-1500:])
     w2 = lab.watcher(2, False, "grp")
     w3 = lab.watcher(3, False, "grp")
     wait_for(lambda: len(w2.lines) > 0 and len(w3.lines) > 0
              and any(len(c[0]) == 2 for c in w3.confchgs()), 20,
              lambda: (w2.lines, w3.lines, w2.p.stderr.read() if w2.p.poll() is not None else ""))
     lab.start(1, True)
-    wait_for(lambda: synced_ring(lab, (1, 2, 3)), 40,
+    wait_for(lambda: lab.synced((1, 2, 3)), 40,
              lambda: {i: lab.text(i)[-1500:] for i in (1, 2, 3)})
     w1 = lab.watcher(1, True, "grp")
     wait_for(lambda: len(w1.lines) > 0 and w1.confchgs(), 20, lambda: w1.lines)
