@@ -10,9 +10,7 @@ iproute2, unshare, nsenter and /usr/sbin/corosync (else skipped with the reason 
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,113 +18,41 @@ import time
 from pathlib import Path
 
 import pytest
+import realcorosync
+from realcorosync import CFGTOOL as DEB_CT
+from realcorosync import QUORUMTOOL as DEB_QT
+from realcorosync import wait_for
 
-from corosync.tools import localcluster
-
-REAL = "/usr/sbin/corosync"
-DEB_QT = "/usr/sbin/corosync-quorumtool"
-DEB_CT = "/usr/sbin/corosync-cfgtool"
 OUR_CT = [sys.executable, "-m", "corosync.tools.cfgtool"]
 HERE = Path(__file__).resolve().parent
 OUR_QT = [sys.executable, "-m", "corosync.tools.quorumtool"]
 
 
-def _skip_reason() -> str | None:
-    if not os.path.exists(REAL):
-        return f"{REAL} not installed"
-    if os.geteuid() != 0:
-        return "needs root for network and mount namespaces"
-    for tool in ("ip", "unshare", "nsenter"):
-        if not shutil.which(tool):
-            return f"needs {tool}"
-    return None
-
-
-def conf_text(d: Path, ours: bool) -> str:
-    """The reference lab's corosync.conf (shared/reference/udpu/corosync.conf), own paths."""
-    nodes = "".join(f"    node {{\n        ring0_addr: 198.18.0.{i}\n        nodeid: {i}\n"
-                    f"        name: n{i}\n    }}\n" for i in (1, 2, 3))
-    system = (f"system {{\n    state_dir: {d / 'state'}\n    run_dir: {d / 'run'}\n}}\n"
-              if ours else "")
-    return ("totem {\n    version: 2\n    cluster_name: qinterop\n    transport: udpu\n"
-            "    token: 1000\n    token_coefficient: 0\n    crypto_cipher: none\n"
-            "    crypto_hash: none\n}\n"
-            "logging {\n    to_stderr: no\n    to_logfile: yes\n"
-            f"    logfile: {d / 'corosync.log'}\n    to_syslog: no\n}}\n"
-            "quorum {\n    provider: corosync_votequorum\n}\n"
-            f"nodelist {{\n{nodes}}}\n{system}")
-
-
-class Lab:
-    def __init__(self, tmp: Path, state: dict) -> None:
-        self.tmp, self.state = tmp, state
-        self.procs: dict[int, subprocess.Popen] = {}
-        self.env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-        self.env.pop("COROSYNC_IPC_DIR", None)
-
-    def start(self, i: int, ours: bool) -> None:
-        d = self.tmp / f"n{i}"
-        d.mkdir(exist_ok=True)
-        (d / "corosync.conf").write_text(conf_text(d, ours))
-        ns = localcluster.ns_name(self.state, i)
-        if ours:
-            cmd = ["ip", "netns", "exec", ns, sys.executable, str(HERE / "qdaemon.py"), "-f",
-                   "-c", str(d / "corosync.conf")]
-        else:
-            inner = ("mount -t tmpfs none /run && mount -t tmpfs none /var/lib/corosync && "
-                     f"mount -t tmpfs none /dev/shm && exec {REAL} -f -c {d / 'corosync.conf'}")
-            cmd = ["ip", "netns", "exec", ns, "unshare", "-m", "sh", "-c", inner]
-        err = open(d / "stderr", "ab")
-        self.procs[i] = subprocess.Popen(cmd, stdout=err, stderr=err, stdin=subprocess.DEVNULL,
-                                         env={**self.env,
-                                              "COROSYNC_LOCAL_ADDRS": f"198.18.0.{i}"})
+class Lab(realcorosync.Lab):
+    def start(self, i: int, ours: bool) -> realcorosync.NsDaemon:  # type: ignore[override]
+        """The reference lab's corosync.conf (shared/reference/udpu/corosync.conf), own
+        paths; ours is tests/quorum/qdaemon.py."""
+        d = self.node_dir(i)
+        conf = realcorosync.conf_text(
+            cluster_name="qinterop", nodes=[(n, f"198.18.0.{n}") for n in (1, 2, 3)],
+            log=d / "corosync.log", dirs=d if ours else None)
+        return super().start(i, ours, conf,
+                             argv=[sys.executable, str(HERE / "qdaemon.py")] if ours else None)
 
     def kill(self, i: int, sig: int = signal.SIGKILL) -> None:
-        p = self.procs[i]
-        if p.poll() is None:
-            os.kill(p.pid, sig)  # ip/unshare/sh exec in place: this pid is the daemon
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                os.kill(p.pid, signal.SIGKILL)
-                p.wait(5)
+        self.stop(i, sig)
 
-    def run(self, i: int, ours: bool, *args: str) -> subprocess.CompletedProcess:
-        if ours:
-            cmd = ["ip", "netns", "exec", localcluster.ns_name(self.state, i), *args]
-        else:
-            cmd = ["nsenter", "-t", str(self.procs[i].pid), "-m", "-n", *args]
-        return subprocess.run(cmd, capture_output=True, timeout=60, env=self.env)
+    def run(self, i: int, ours: bool, *args: str) -> subprocess.CompletedProcess:  # type: ignore[override]
+        return super().run(i, *args)
 
     def log(self, i: int) -> str:
-        try:
-            return (self.tmp / f"n{i}" / "corosync.log").read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def close(self) -> None:
-        for i in list(self.procs):
-            self.kill(i, signal.SIGTERM)
-        localcluster.netns_down(self.state)
+        return self.text(i)
 
 
 @pytest.fixture
 def lab(tmp_path):
-    reason = _skip_reason()
-    if reason:
-        print(f"SKIP quorum interop: {reason}")
-        pytest.skip(reason)
-    state = {"n": 3, "prefix": f"qi{os.getpid() % 100000}", "namespaces": [], "netns": True}
-    try:
-        localcluster.netns_up(state)
-    except localcluster.LocalClusterError as exc:
-        localcluster.netns_down(state)
-        pytest.skip(f"cannot build network namespaces: {exc}")
-    lab = Lab(tmp_path, state)
-    try:
+    with Lab.open(tmp_path, "qi", "quorum interop") as lab:
         yield lab
-    finally:
-        lab.close()
 
 
 def fields(text: bytes) -> dict[str, str]:
@@ -198,14 +124,6 @@ def test_votequorum_across_a_mixed_ring(lab, shared_dir):
     assert b"Quorum:           2 Activity blocked\n" in alone.stdout
     assert "This node is within the non-primary component and will NOT provide any " \
            "services." in lab.log(1)
-
-
-def wait_for(pred, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def test_cfg_exec_messages_across_a_mixed_ring(lab):
