@@ -193,20 +193,16 @@ class CorosyncLog:
         daemon keeps logging where it did and OSError tells the caller why.  A daemon that
         detached keeps stderr off whatever the section says (stderr is /dev/null)."""
         new_file: IO[str] | None = None
+        keep: IO[str] | None = None
         if _flag(getattr(settings, "to_logfile", None), False):
             path = str(getattr(settings, "logfile", None) or "/var/log/corosync/corosync.log")
-            if not (self._logfile is not None and path == self.logfile_path):
+            if self._logfile is not None and path == self.logfile_path:
+                keep = self._logfile  # same file: no reopen, no lost line
+            else:
                 new_file = open(path, "a", buffering=1, encoding="utf-8", errors="replace")
-        keep = self._logfile if new_file is None else None
-        detached = self._detached
         if keep is not None:
             self._logfile = None  # configure() must not close the file we keep
-        try:
-            self.configure(_NoLogfile(settings) if keep is not None or new_file else settings)
-        except OSError:
-            if new_file is not None:
-                new_file.close()
-            raise
+        self.configure(_NoLogfile(settings))  # closes a replaced file, opens nothing
         if keep is not None:
             self._logfile = keep
         elif new_file is not None:
@@ -214,7 +210,7 @@ class CorosyncLog:
             self.logfile_path = str(getattr(settings, "logfile", None)
                                     or "/var/log/corosync/corosync.log")
         self.to_logfile = self._logfile is not None
-        if detached:
+        if self._detached:
             self.to_stderr = False
 
     def reopen_logfile(self) -> None:
