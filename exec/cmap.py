@@ -8,7 +8,8 @@ style dumps and the cmap IPC service (later) can be served straight from it.
 Facts carried over from corosync 3.1.7 (``include/corosync/cmap.h``, ``exec/icmap.c``,
 ``exec/main.c``):
 
-* value types are numbered INT8=1 … BINARY=12 (the numbers travel over IPC and totem);
+* value types are numbered INT8=1 … BINARY=12 (the numbers travel over IPC and totem;
+  :class:`CmapType` is :class:`corosync.lib.proto.cmap.ValueType`);
 * key names are 3..255 characters of ``[a-zA-Z0-9._/:-]``;
 * setting a key to the value and type it already has is a no-op (no notification);
   setting it with another type replaces it (MODIFY);
@@ -26,7 +27,6 @@ Lookups are one dict access; prefix iteration is a bisect into a sorted key list
 from __future__ import annotations
 
 import bisect
-import enum
 import math
 import struct
 from collections.abc import Callable, Iterator
@@ -35,64 +35,11 @@ from typing import Any
 from attrs import define, frozen
 
 from ..lib.ipc import CsError  # noqa: F401  (the store's errors are cs_error_t values)
-
-
-class CmapType(enum.IntEnum):
-    """cmap value types with corosync's numbering (cmap.h ``cmap_value_types_t``)."""
-
-    INT8 = 1
-    UINT8 = 2
-    INT16 = 3
-    UINT16 = 4
-    INT32 = 5
-    UINT32 = 6
-    INT64 = 7
-    UINT64 = 8
-    FLOAT = 9
-    DOUBLE = 10
-    STRING = 11
-    BINARY = 12
-
-    @property
-    def short_name(self) -> str:
-        """The type tag ``corosync-cmapctl`` prints: ``u32``, ``str``, ``dbl`` …"""
-        return _SHORT_NAMES[self]
-
-    @property
-    def is_integer(self) -> bool:
-        return self in _INT_RANGES
-
-
-_SHORT_NAMES = {
-    CmapType.INT8: "i8",
-    CmapType.UINT8: "u8",
-    CmapType.INT16: "i16",
-    CmapType.UINT16: "u16",
-    CmapType.INT32: "i32",
-    CmapType.UINT32: "u32",
-    CmapType.INT64: "i64",
-    CmapType.UINT64: "u64",
-    CmapType.FLOAT: "flt",
-    CmapType.DOUBLE: "dbl",
-    CmapType.STRING: "str",
-    CmapType.BINARY: "bin",
-}
-
-_INT_RANGES: dict[CmapType, tuple[int, int]] = {
-    CmapType.INT8: (-(2**7), 2**7 - 1),
-    CmapType.UINT8: (0, 2**8 - 1),
-    CmapType.INT16: (-(2**15), 2**15 - 1),
-    CmapType.UINT16: (0, 2**16 - 1),
-    CmapType.INT32: (-(2**31), 2**31 - 1),
-    CmapType.UINT32: (0, 2**32 - 1),
-    CmapType.INT64: (-(2**63), 2**63 - 1),
-    CmapType.UINT64: (0, 2**64 - 1),
-}
-
-
-def int_range(t: CmapType) -> tuple[int, int]:
-    """(min, max) of an integer cmap type."""
-    return _INT_RANGES[t]
+# The value types, their ranges and the tracking flags (cmap.h) are defined once, with the
+# IPC layouts that carry them; the store knows them under its historical names.
+from ..lib.proto.cmap import TrackType as Track
+from ..lib.proto.cmap import ValueType as CmapType
+from ..lib.proto.cmap import int_range
 
 
 class CmapError(Exception):
@@ -101,15 +48,6 @@ class CmapError(Exception):
     def __init__(self, error: CsError, message: str) -> None:
         super().__init__(message)
         self.error = error
-
-
-class Track(enum.IntFlag):
-    """Tracking flags with cmap.h's values."""
-
-    DELETE = 1
-    MODIFY = 2
-    ADD = 4
-    PREFIX = 8
 
 
 KEYNAME_MINLEN = 3
@@ -184,7 +122,7 @@ def check_value(t: CmapType, value: Any) -> Any:
     if t.is_integer:
         if isinstance(value, bool) or not isinstance(value, int):
             raise CmapError(CsError.ERR_INVALID_PARAM, f"{t.name} needs an int, got {value!r}")
-        lo, hi = _INT_RANGES[t]
+        lo, hi = int_range(t)
         if not lo <= value <= hi:
             raise CmapError(CsError.ERR_INVALID_PARAM, f"{value} out of range for {t.name} ({lo}..{hi})")
         return value
@@ -285,7 +223,7 @@ class CmapStore:
             if entry.type is CmapType.BINARY and not show_binary:
                 out.append(f"{key} (bin)")
             else:
-                out.append(f"{key} ({entry.type.short_name}) = {format_value(entry)}")
+                out.append(f"{key} ({entry.type.tag}) = {format_value(entry)}")
         return "".join(line + "\n" for line in out)
 
     # -- read-only rules -------------------------------------------------------------
@@ -350,7 +288,7 @@ class CmapStore:
         entry = self.get_entry(key)
         if not entry.type.is_integer:
             raise CmapError(CsError.ERR_INVALID_PARAM, f"key {key!r} is {entry.type.name}, not an integer")
-        lo, hi = _INT_RANGES[entry.type]
+        lo, hi = int_range(entry.type)
         span = hi - lo + 1
         value = (entry.value + step - lo) % span + lo
         self.set(key, value, entry.type)

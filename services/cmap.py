@@ -14,88 +14,55 @@ Lib side
     SET_CURRENT_MAP (map 0 = configuration/runtime, 1 = stats; the stats map is read-only
     here).  Lengths and ids follow the real daemon byte for byte: a GET response is
     ``40 + requested value_len`` long, STRING values include their NUL, errors keep the
-    full-size zeroed body.
+    full-size zeroed body.  Every request and response layout, and the value codec, is
+    :mod:`corosync.lib.proto.cmap`'s (the client library uses the same classes the other
+    way round); a handler receives its request decoded.
 """
 
 from __future__ import annotations
 
 import itertools
 import struct
+from collections.abc import Callable
 from typing import Any, Iterator
 
 from attrs import define, field
 
 from corosync.exec.cmap import CmapError, CmapStore, CmapType, CmapValue, Track
-from corosync.exec.cmap import CsError as StoreError
 from corosync.exec.service import (REQ_HEADER, CsError, ExecHandler, LibHandler, Malformed,
                                    SendFailed, Service, ServiceApi, ServiceId, need,
                                    send_event, service_id_make)
 from corosync.exec.totem.events import LogLevel
 from corosync.exec.totem.wire import RingId
+from corosync.lib.proto import cmap as proto
+from corosync.lib.proto.cmap import MapId, ReqId, ResId
+from corosync.lib.proto.common import ProtoError, decode_name, encode_name
 
-# exec message (§5.6)
+# exec message (§5.6): executive-only, so its layout lives here
 MCAST_HEADER = struct.Struct("<16xB7xB7xB7xB7x")  # reason, no_items, reserved×2 → 48 bytes
-ITEM_HEADER = struct.Struct("<H6x256sB7xQ")  # key len, key, value_type, value_len → 280
+ITEM_HEADER = struct.Struct("<264sB7xQ")  # key mar_name_t, value_type, value_len → 280
 REASON_SYNC = 0
 REASON_NEW_CONFIG_VERSION = 1
 MAX_ITEMS = 32
 CONFIG_VERSION_KEY = "totem.config_version"
 
-# IPC (§4.1): request ids, response ids
-REQ_SET, REQ_DELETE, REQ_GET, REQ_ADJUST_INT = 0, 1, 2, 3
-REQ_ITER_INIT, REQ_ITER_NEXT, REQ_ITER_FINALIZE = 4, 5, 6
-REQ_TRACK_ADD, REQ_TRACK_DELETE, REQ_SET_CURRENT_MAP = 7, 8, 9
-RES_NOTIFY = 9
-RES_SET_CURRENT_MAP = 10
-MAP_DEFAULT, MAP_STATS = 0, 1
-VALUE_MAX = 16384
+# IPC (§4.1): the layouts are lib/proto/cmap.py's; these names are the ids under the names
+# the service tests have always used.
+REQ_SET, REQ_DELETE, REQ_GET, REQ_ADJUST_INT = (ReqId.SET, ReqId.DELETE, ReqId.GET,
+                                                ReqId.ADJUST_INT)
+REQ_ITER_INIT, REQ_ITER_NEXT, REQ_ITER_FINALIZE = (ReqId.ITER_INIT, ReqId.ITER_NEXT,
+                                                   ReqId.ITER_FINALIZE)
+REQ_TRACK_ADD, REQ_TRACK_DELETE, REQ_SET_CURRENT_MAP = (ReqId.TRACK_ADD, ReqId.TRACK_DELETE,
+                                                        ReqId.SET_CURRENT_MAP)
+RES_NOTIFY = ResId.NOTIFY
+NOTIFY = proto.NOTIFY_HEAD
 GET_VALUE_MAX = 1024 * 1024  # our bound on a client's requested GET buffer
-NAME = struct.Struct("<H6x256s")  # mar_name_t, 264 bytes
-_U64 = struct.Struct("<Q")
-NOTIFY = struct.Struct("<Q264si4xB7xB7xQQ")  # 312 bytes after the response header
 TRACK_ALL_BITS = int(Track.ADD | Track.DELETE | Track.MODIFY | Track.PREFIX)
-
-_FIXED = {CmapType.INT8: "b", CmapType.UINT8: "B", CmapType.INT16: "h", CmapType.UINT16: "H",
-          CmapType.INT32: "i", CmapType.UINT32: "I", CmapType.INT64: "q", CmapType.UINT64: "Q",
-          CmapType.FLOAT: "f", CmapType.DOUBLE: "d"}
 
 
 def encode_value(entry: CmapValue) -> bytes:
-    """A typed value as corosync stores it (native order; STRING with its NUL)."""
-    code = _FIXED.get(entry.type)
-    if code is not None:
-        return struct.pack("<" + code, entry.value)
-    if entry.type is CmapType.STRING:
-        return entry.value.encode("utf-8", "surrogateescape") + b"\0"
-    return bytes(entry.value)
-
-
-def decode_value(t: CmapType, raw: bytes) -> Any:
-    """Inverse of :func:`encode_value`; CmapError(INVALID_PARAM) for a wrong size."""
-    code = _FIXED.get(t)
-    if code is not None:
-        if len(raw) != struct.calcsize(code):
-            raise CmapError(StoreError.ERR_INVALID_PARAM,
-                            f"{t.name} needs {struct.calcsize(code)} bytes, got {len(raw)}")
-        return struct.unpack("<" + code, raw)[0]
-    if t is CmapType.STRING:
-        text = raw.split(b"\0", 1)[0]
-        if len(raw) > len(text) + 1:
-            raise CmapError(StoreError.ERR_INVALID_PARAM,
-                            "string value_len beyond its NUL")
-        return text.decode("utf-8", "surrogateescape")
-    return bytes(raw)
-
-
-def decode_name(buf: bytes, off: int = 0) -> str:
-    """A mar_name_t: ``length`` bytes of ``value`` but never past a NUL."""
-    length, value = NAME.unpack_from(buf, off)
-    return value[:min(length, 256)].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-
-
-def encode_name(key: str) -> bytes:
-    raw = key.encode("utf-8", "surrogateescape")[:255]
-    return NAME.pack(len(raw), raw)
+    """A stored value as corosync sends it (native order; STRING with its NUL)."""
+    return proto.encode_stored_value(entry.type, entry.value)
 
 
 def _lookup(store: CmapStore, key: str) -> CmapValue | None:
@@ -123,8 +90,7 @@ def encode_cmap_mcast(reason: int, items: list[McastItem]) -> bytes:
         raise ValueError("too many items")
     body = []
     for item in items:
-        key = item.key.encode()
-        raw = ITEM_HEADER.pack(len(key), key, item.type, len(item.value)) + item.value
+        raw = ITEM_HEADER.pack(encode_name(item.key), item.type, len(item.value)) + item.value
         body.append(raw + bytes(_round8(len(raw)) - len(raw)))
     payload = b"".join(body)
     size = MCAST_HEADER.size + len(payload)
@@ -141,12 +107,11 @@ def decode_cmap_mcast(msg: bytes) -> tuple[int, list[McastItem]]:
     items, off = [], MCAST_HEADER.size
     for _ in range(count):
         need(msg, off + ITEM_HEADER.size, "cmap mcast item")
-        klen, key, vtype, vlen = ITEM_HEADER.unpack_from(msg, off)
+        key, vtype, vlen = ITEM_HEADER.unpack_from(msg, off)
         if vlen > len(msg) - off - ITEM_HEADER.size:
             raise Malformed("cmap_bad_size", f"item value_len {vlen} beyond the message")
         value = msg[off + ITEM_HEADER.size: off + ITEM_HEADER.size + vlen]
-        name = key[:min(klen, 256)].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-        items.append(McastItem(name, vtype, bytes(value)))
+        items.append(McastItem(decode_name(key), vtype, bytes(value)))
         off += _round8(ITEM_HEADER.size + vlen)
     return reason, items
 
@@ -166,7 +131,7 @@ def swap_cmap_mcast(msg: bytes) -> bytes:
         vlen = struct.unpack_from(">Q", out, off + 272)[0]
         struct.pack_into("<Q", out, off + 272, vlen)
         vtype = out[off + 264]
-        code = _FIXED.get(CmapType(vtype)) if 1 <= vtype <= 12 else None
+        code = CmapType(vtype).struct_code if 1 <= vtype <= 12 else None
         voff = off + ITEM_HEADER.size
         if code and code not in "bB" and voff + struct.calcsize(code) <= len(out):
             struct.pack_into("<" + code, out, voff, struct.unpack_from(">" + code, out, voff)[0])
@@ -194,16 +159,15 @@ class CmapService(Service):
         self.store = api.cmap
         self.stats_store = stats if stats is not None else CmapStore()
         self.exec_handlers = [ExecHandler(self._exec_mcast, swap_cmap_mcast)]
-        self.lib_handlers = {
-            REQ_SET: LibHandler(self._lib_set), REQ_DELETE: LibHandler(self._lib_delete),
-            REQ_GET: LibHandler(self._lib_get), REQ_ADJUST_INT: LibHandler(self._lib_adjust),
-            REQ_ITER_INIT: LibHandler(self._lib_iter_init),
-            REQ_ITER_NEXT: LibHandler(self._lib_iter_next),
-            REQ_ITER_FINALIZE: LibHandler(self._lib_iter_finalize),
-            REQ_TRACK_ADD: LibHandler(self._lib_track_add),
-            REQ_TRACK_DELETE: LibHandler(self._lib_track_delete),
-            REQ_SET_CURRENT_MAP: LibHandler(self._lib_set_current_map),
-        }
+        self.lib_handlers = {cls.ID: _decoding(cls, fn) for cls, fn in (
+            (proto.SetRequest, self._lib_set), (proto.DeleteRequest, self._lib_delete),
+            (proto.GetRequest, self._lib_get), (proto.AdjustIntRequest, self._lib_adjust),
+            (proto.IterInitRequest, self._lib_iter_init),
+            (proto.IterNextRequest, self._lib_iter_next),
+            (proto.IterFinalizeRequest, self._lib_iter_finalize),
+            (proto.TrackAddRequest, self._lib_track_add),
+            (proto.TrackDeleteRequest, self._lib_track_delete),
+            (proto.SetCurrentMapRequest, self._lib_set_current_map))}
         self._handles = itertools.count(1)
         self.trans_entries = 0
         self.my_config_version = 0
@@ -244,7 +208,7 @@ class CmapService(Service):
         for item in items:
             if item.key == CONFIG_VERSION_KEY:
                 if item.type == CmapType.UINT64 and len(item.value) == 8:
-                    version = _U64.unpack(item.value)[0]
+                    version = int(proto.decode_value(CmapType.UINT64, item.value))
                 break
         if nodeid != self.api.nodeid and version > self.highest_config_version:
             self.highest_config_version = version
@@ -304,157 +268,132 @@ class CmapService(Service):
     def _map(self, conn: Any) -> CmapStore:
         return self.stats_store if self._state(conn).stats_map else self.store
 
-    def _write_allowed(self, conn: Any, key: str) -> CsError | None:
+    def _write(self, conn: Any, key: str, change: Callable[[], object]) -> CsError:
+        """Run a client's ``change`` to ``key`` unless the key is read-only for clients
+        (or the connection reads the stats map); the cs_error_t to answer."""
         if self._state(conn).stats_map or self.store.is_key_ro(key):
             return CsError.ERR_ACCESS
-        return None
+        try:
+            change()
+        except CmapError as exc:
+            return CsError(int(exc.error))
+        except ProtoError:       # a value that does not fit its type
+            return CsError.ERR_INVALID_PARAM
+        return CsError.OK
 
-    def _lib_set(self, conn: Any, p: bytes) -> None:
-        need(p, 280, "cmap set")
-        key = decode_name(p)
-        (vlen,) = _U64.unpack_from(p, 264)
-        vtype = p[272]
-        error = self._write_allowed(conn, key)
-        if error is None:
-            if not 1 <= vtype <= 12 or vlen > VALUE_MAX or len(p) < 280 + vlen:
-                error = CsError.ERR_INVALID_PARAM
-            else:
-                try:
-                    t = CmapType(vtype)
-                    self.store.set(key, decode_value(t, p[280:280 + vlen]), t)
-                    error = CsError.OK
-                except CmapError as exc:
-                    error = CsError(int(exc.error))
-        conn.send_response(REQ_SET, b"", error)
+    def _lib_set(self, conn: Any, req: proto.SetRequest) -> None:
+        def change() -> None:
+            if len(req.value) > proto.VALUE_MAX:
+                raise ProtoError(f"value of {len(req.value)} bytes")
+            value = proto.decode_request_value(req.type, req.value)
+            self.store.set(req.key, value, CmapType(req.type))
 
-    def _lib_delete(self, conn: Any, p: bytes) -> None:
-        need(p, 264, "cmap delete")
-        key = decode_name(p)
-        error = self._write_allowed(conn, key)
-        if error is None:
-            try:
-                self.store.delete(key)
-                error = CsError.OK
-            except CmapError as exc:
-                error = CsError(int(exc.error))
-        conn.send_response(REQ_DELETE, b"", error)
+        conn.send_response(ResId.SET, b"", self._write(conn, req.key, change))
 
-    def _lib_get(self, conn: Any, p: bytes) -> None:
-        need(p, 272, "cmap get")
-        key = decode_name(p)
-        (requested,) = _U64.unpack_from(p, 264)
-        store = self._map(conn)
-        entry = _lookup(store, key)
+    def _lib_delete(self, conn: Any, req: proto.DeleteRequest) -> None:
+        conn.send_response(ResId.DELETE, b"",
+                           self._write(conn, req.key, lambda: self.store.delete(req.key)))
+
+    def _lib_get(self, conn: Any, req: proto.GetRequest) -> None:
+        entry = _lookup(self._map(conn), req.key)
         limit = min(GET_VALUE_MAX, getattr(conn, "max_msg_size", GET_VALUE_MAX + 40) - 40)
-        if requested > limit:  # the response could not reach the client
-            conn.send_response(REQ_GET, bytes(16), CsError.ERR_NO_MEMORY)
-            return
-        if entry is None:
-            conn.send_response(REQ_GET, bytes(16), CsError.ERR_NOT_EXIST)
-            return
-        raw = encode_value(entry)
-        if requested == 0:
-            conn.send_response(REQ_GET, struct.pack("<QB7x", len(raw), int(entry.type)))
-        elif requested < len(raw):
-            conn.send_response(REQ_GET, bytes(16), CsError.ERR_INVALID_PARAM)
+        if req.value_len > limit:  # the response could not reach the client
+            error = CsError.ERR_NO_MEMORY
+        elif entry is None:
+            error = CsError.ERR_NOT_EXIST
         else:
-            conn.send_response(REQ_GET, struct.pack("<QB7x", len(raw), int(entry.type))
-                               + raw + bytes(requested - len(raw)))
+            raw = encode_value(entry)
+            if 0 < req.value_len < len(raw):
+                error = CsError.ERR_INVALID_PARAM
+            else:  # value_len 0: type and length only
+                conn.send_response(ResId.GET, proto.GetResponse(len(raw), int(entry.type), raw)
+                                   .encode(requested=req.value_len))
+                return
+        conn.send_response(ResId.GET, proto.GetResponse(0, 0).encode(requested=0), error)
 
-    def _lib_adjust(self, conn: Any, p: bytes) -> None:
-        need(p, 268, "cmap adjust")
-        key = decode_name(p)
-        (step,) = struct.unpack_from("<i", p, 264)
-        error = self._write_allowed(conn, key)
-        if error is None:
-            try:
-                self.store.adjust(key, step)
-                error = CsError.OK
-            except CmapError as exc:
-                error = CsError(int(exc.error))
-        conn.send_response(REQ_ADJUST_INT, b"", error)
+    def _lib_adjust(self, conn: Any, req: proto.AdjustIntRequest) -> None:
+        conn.send_response(ResId.ADJUST_INT, b"", self._write(
+            conn, req.key, lambda: self.store.adjust(req.key, req.step)))
 
-    def _lib_iter_init(self, conn: Any, p: bytes) -> None:
-        need(p, 264, "cmap iter init")
-        prefix = decode_name(p)
+    def _lib_iter_init(self, conn: Any, req: proto.IterInitRequest) -> None:
         handle = next(self._handles)
-        self._state(conn).iters[handle] = self._map(conn).iter_prefix(prefix)
-        conn.send_response(REQ_ITER_INIT, _U64.pack(handle))
+        self._state(conn).iters[handle] = self._map(conn).iter_prefix(req.prefix)
+        conn.send_response(ResId.ITER_INIT, proto.IterInitResponse(handle).encode())
 
-    def _lib_iter_next(self, conn: Any, p: bytes) -> None:
-        need(p, 8, "cmap iter next")
-        (handle,) = _U64.unpack_from(p)
-        it = self._state(conn).iters.get(handle)
-        if it is None:
-            conn.send_response(REQ_ITER_NEXT, bytes(280), CsError.ERR_BAD_HANDLE)
-            return
-        item = next(it, None)
+    def _lib_iter_next(self, conn: Any, req: proto.IterNextRequest) -> None:
+        it = self._state(conn).iters.get(req.iter_handle)
+        item = None if it is None else next(it, None)
         if item is None:
-            conn.send_response(REQ_ITER_NEXT, bytes(280), CsError.ERR_NO_SECTIONS)
+            error = CsError.ERR_BAD_HANDLE if it is None else CsError.ERR_NO_SECTIONS
+            conn.send_response(ResId.ITER_NEXT, proto.IterNextResponse("", 0, 0).encode(), error)
             return
         key, entry = item
-        conn.send_response(REQ_ITER_NEXT, encode_name(key)
-                           + struct.pack("<QB7x", len(encode_value(entry)), int(entry.type)))
+        conn.send_response(ResId.ITER_NEXT, proto.IterNextResponse(
+            key, len(encode_value(entry)), int(entry.type)).encode())
 
-    def _lib_iter_finalize(self, conn: Any, p: bytes) -> None:
-        need(p, 8, "cmap iter finalize")
-        (handle,) = _U64.unpack_from(p)
-        found = self._state(conn).iters.pop(handle, None) is not None
-        conn.send_response(REQ_ITER_FINALIZE, b"", CsError.OK if found else CsError.ERR_BAD_HANDLE)
+    def _lib_iter_finalize(self, conn: Any, req: proto.IterFinalizeRequest) -> None:
+        found = self._state(conn).iters.pop(req.iter_handle, None) is not None
+        conn.send_response(ResId.ITER_FINALIZE, b"",
+                           CsError.OK if found else CsError.ERR_BAD_HANDLE)
 
-    def _lib_track_add(self, conn: Any, p: bytes) -> None:
-        need(p, 280, "cmap track add")
-        key = decode_name(p)
-        (track_type,) = struct.unpack_from("<i", p, 264)
-        (inst,) = _U64.unpack_from(p, 272)
+    def _lib_track_add(self, conn: Any, req: proto.TrackAddRequest) -> None:
         state = self._state(conn)
-        if track_type & ~TRACK_ALL_BITS or not track_type & 7:
-            conn.send_response(REQ_TRACK_ADD, _U64.pack(0), CsError.ERR_INVALID_PARAM)
+        if req.track_type & ~TRACK_ALL_BITS or not req.track_type & 7:
+            conn.send_response(ResId.TRACK_ADD, proto.TrackAddResponse(0).encode(),
+                               CsError.ERR_INVALID_PARAM)
             return
-        store = self._map(conn)
+        inst = req.track_inst_handle
 
         def notify(event: Track, changed: str, new: CmapValue | None,
                    old: CmapValue | None) -> None:
             self._notify(conn, inst, event, changed, new, old)
 
-        store_handle = store.track_add(key, track_type, notify)
+        store_handle = self._map(conn).track_add(req.key, req.track_type, notify)
         handle = next(self._handles)
         state.tracks[handle] = (store_handle, inst, state.stats_map)
-        conn.send_response(REQ_TRACK_ADD, _U64.pack(handle))
+        conn.send_response(ResId.TRACK_ADD, proto.TrackAddResponse(handle).encode())
 
     def _notify(self, conn: Any, inst: int, event: Track, key: str, new: CmapValue | None,
                 old: CmapValue | None) -> None:
-        new_raw = encode_value(new) if new is not None else b""
-        old_raw = encode_value(old) if old is not None else b""
-        name = key.encode("utf-8", "surrogateescape")[:256]
-        send_event(conn, RES_NOTIFY, NOTIFY.pack(
-            inst, struct.pack("<H6x", len(name)) + name.ljust(256, b"\0"), int(event),
-            int(new.type) if new else 0, int(old.type) if old else 0,
-            len(new_raw), len(old_raw)) + new_raw + old_raw)
+        send_event(conn, ResId.NOTIFY, proto.NotifyEvent(
+            inst, key, int(event),
+            int(new.type) if new else 0, encode_value(new) if new else b"",
+            int(old.type) if old else 0, encode_value(old) if old else b"").encode())
 
-    def _lib_track_delete(self, conn: Any, p: bytes) -> None:
-        need(p, 8, "cmap track delete")
-        (handle,) = _U64.unpack_from(p)
-        track = self._state(conn).tracks.pop(handle, None)
+    def _lib_track_delete(self, conn: Any, req: proto.TrackDeleteRequest) -> None:
+        track = self._state(conn).tracks.pop(req.track_handle, None)
         if track is None:
-            conn.send_response(REQ_TRACK_DELETE, _U64.pack(0), CsError.ERR_BAD_HANDLE)
+            conn.send_response(ResId.TRACK_DELETE, proto.TrackDeleteResponse(0).encode(),
+                               CsError.ERR_BAD_HANDLE)
             return
         store_handle, inst, stats = track
         try:
             (self.stats_store if stats else self.store).track_delete(store_handle)
         except CmapError:
             pass
-        conn.send_response(REQ_TRACK_DELETE, _U64.pack(inst))
+        conn.send_response(ResId.TRACK_DELETE, proto.TrackDeleteResponse(inst).encode())
 
-    def _lib_set_current_map(self, conn: Any, p: bytes) -> None:
-        need(p, 4, "cmap set current map")
-        (which,) = struct.unpack_from("<i", p)
+    def _lib_set_current_map(self, conn: Any, req: proto.SetCurrentMapRequest) -> None:
         state = self._state(conn)
         if state.iters or state.tracks:
             error = CsError.ERR_BUSY
-        elif which in (MAP_DEFAULT, MAP_STATS):
-            state.stats_map = which == MAP_STATS
+        elif req.map in (MapId.DEFAULT, MapId.STATS):
+            state.stats_map = req.map == MapId.STATS
             error = CsError.OK
         else:
             error = CsError.ERR_NOT_EXIST
-        conn.send_response(RES_SET_CURRENT_MAP, b"", error)
+        conn.send_response(ResId.SET_CURRENT_MAP, b"", error)
+
+
+def _decoding(cls: Any, handler: Callable[[Any, Any], None]) -> LibHandler:
+    """A lib handler that gives ``handler`` the request decoded by lib/proto/cmap.py.  Bytes
+    after the fields are ignored (as the C executive does); a body too short for its fields,
+    or for the value_len a SET announces, is Malformed: the host answers
+    CS_ERR_INVALID_PARAM and counts it."""
+    def decode_and_handle(conn: Any, payload: bytes) -> None:
+        try:
+            request = cls.decode(payload, exact=False)
+        except ProtoError as exc:
+            raise Malformed("truncated", str(exc)) from None
+        handler(conn, request)
+    return LibHandler(decode_and_handle)

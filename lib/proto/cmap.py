@@ -1,23 +1,34 @@
-"""CMAP IPC messages (service ``cmap``, spec/ipc-wire.md §4.1).
+"""CMAP IPC messages (service ``cmap``, spec/ipc-wire.md §4.1) and the cmap value types.
 
 Bodies only (after the 16-byte request / 24-byte response header).  Offsets in the comments
 are *absolute* (header included), as in the spec tables, so they can be checked against it.
+
+Both sides use this module: the client library encodes requests and decodes responses, the
+executive's cmap service (``services/cmap.py``) decodes requests and encodes responses, and
+the executive's store (``exec/cmap.py``) takes :class:`ValueType` and its ranges from here,
+so every layout and every value rule is written down once.  Decoders are strict by default
+(the body must have exactly the size its fields promise); the executive decodes with
+``exact=False``, which tolerates trailing bytes after the fields, as the C executive does.
 """
 
 from __future__ import annotations
 
 import enum
+import re
 import struct
-from typing import ClassVar, Final, Union
+from typing import Any, ClassVar, Final, Union
 
-from attrs import frozen
+from attrs import astuple, frozen
 
 from corosync.lib.proto.common import (NAME, U64, ProtoError, decode_name, encode_name,
                                        need)
 
 
 class ValueType(enum.IntEnum):
-    """``cmap_value_types_t``."""
+    """``cmap_value_types_t``: the numbers travel over IPC and totem (CMAP_MCAST).
+
+    The one definition of the cmap value types: the executive's store imports it as
+    ``CmapType``."""
 
     INT8 = 1
     UINT8 = 2
@@ -45,10 +56,25 @@ class ValueType(enum.IntEnum):
         raise ValueError(f"unknown cmap type tag {tag!r}")
 
     @property
+    def short_name(self) -> str:
+        """The same tag under the name the executive's store has always used."""
+        return _TAGS[self]
+
+    @property
     def fixed_size(self) -> int | None:
         """The C size of a fixed-size type, None for STRING/BINARY."""
         code = _FORMATS.get(self)
         return None if code is None else struct.calcsize("<" + code)
+
+    @property
+    def struct_code(self) -> str | None:
+        """The :mod:`struct` code of a fixed-size type (``"I"`` for UINT32), None for
+        STRING/BINARY: what byte-swapping a foreign-endian value needs."""
+        return _FORMATS.get(self)
+
+    @property
+    def is_integer(self) -> bool:
+        return self in _INT_RANGES
 
 
 _TAGS: Final = {
@@ -62,6 +88,23 @@ _FORMATS: Final = {
     ValueType.INT32: "i", ValueType.UINT32: "I", ValueType.INT64: "q", ValueType.UINT64: "Q",
     ValueType.FLOAT: "f", ValueType.DOUBLE: "d",
 }
+
+
+def _c_int_range(code: str) -> tuple[int, int]:
+    """(min, max) of the C integer behind a struct code (lower case = signed)."""
+    bits = 8 * struct.calcsize("<" + code)
+    return (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if code.islower() else (0, (1 << bits) - 1)
+
+
+_INT_RANGES: Final = {t: _c_int_range(code) for t, code in _FORMATS.items() if code not in "fd"}
+
+
+def int_range(vtype: ValueType | int) -> tuple[int, int]:
+    """(min, max) of an integer value type; ValueError for the others."""
+    try:
+        return _INT_RANGES[ValueType(vtype)]
+    except KeyError:
+        raise ValueError(f"{ValueType(vtype).name} is not an integer type") from None
 
 
 class MapId(enum.IntEnum):
@@ -151,12 +194,10 @@ def encode_value(vtype: ValueType, value: Value) -> bytes:
 
 
 def decode_value(vtype: int, raw: bytes | memoryview) -> Value:
-    """Inverse of :func:`encode_value` for what the executive sends: STRING values arrive with
-    their NUL (the text ends at the first NUL), fixed-size types must have their exact size."""
-    try:
-        t = ValueType(vtype)
-    except ValueError:
-        raise ProtoError(f"unknown value type {vtype}") from None
+    """Inverse of :func:`encode_stored_value` (what the executive sends): STRING values arrive
+    with their NUL (the text ends at the first NUL), fixed-size types must have their exact
+    size."""
+    t = _value_type(vtype)
     code = _FORMATS.get(t)
     if code is not None:
         size = struct.calcsize("<" + code)
@@ -168,19 +209,84 @@ def decode_value(vtype: int, raw: bytes | memoryview) -> Value:
     return bytes(raw)
 
 
+def encode_stored_value(vtype: ValueType | int, value: Value) -> bytes:
+    """A value in the executive's form (GET, ITER_NEXT lengths, NOTIFY, CMAP_MCAST): as
+    :func:`encode_value`, but a STRING carries its NUL, as corosync stores it."""
+    raw = encode_value(_value_type(vtype), value)
+    return raw + b"\0" if vtype == ValueType.STRING else raw
+
+
+def decode_request_value(vtype: int, raw: bytes | memoryview) -> Value:
+    """The value of a SET request as the executive stores it (inverse of
+    :func:`encode_value`): fixed-size types need their exact size; a STRING is its text up
+    to the first NUL and may end with at most that one NUL (corosync refuses a value_len
+    beyond strlen + 1)."""
+    t = _value_type(vtype)
+    if t is ValueType.STRING:
+        nul = bytes(raw).find(b"\0")
+        if nul != -1 and len(raw) > nul + 1:
+            raise ProtoError(f"STRING value_len {len(raw)} goes past its NUL at {nul}")
+    return decode_value(t, raw)
+
+
+def _value_type(vtype: int) -> ValueType:
+    try:
+        return ValueType(vtype)
+    except ValueError:
+        raise ProtoError(f"unknown value type {vtype}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Fixed-size bodies: one encode and one decode for every message without a value
+# --------------------------------------------------------------------------------------------
+
+_KEY: Final = struct.Struct(f"<{NAME.size}s")       # key                     (@16..@280)
+_KEY_U64: Final = struct.Struct("<264sQ")            # key, u64                (@16..@288)
+_KEY_I32: Final = struct.Struct("<264si4x")          # key, i32                (@16..@288)
+_TRACK_ADD: Final = struct.Struct("<264si4xQ")       # key, track_type, cookie (@16..@296)
+_I32_PAD: Final = struct.Struct("<i4x")
+_ITER_NEXT: Final = struct.Struct("<264sQB7x")       # key, value_len, type   (@24..@304)
+
+
+def _fields_size(layout: struct.Struct) -> int:
+    """The size of ``layout`` without its trailing padding: where its last field ends."""
+    return struct.calcsize(re.sub(r"\d*x$", "", layout.format))
+
+
+class _FixedBody:
+    """A body of one fixed :attr:`LAYOUT` whose fields are the attrs fields in order; the
+    ``s`` (bytes) fields of the layout are mar_name_t keys, carried as ``str``.
+
+    Most cmap messages are "a key and/or a number or two": describing each by its layout
+    lets one pair of functions encode and decode them all, so a layout is written once.
+    """
+
+    __slots__ = ()
+    LAYOUT: ClassVar[struct.Struct]
+
+    def encode(self) -> bytes:
+        return self.LAYOUT.pack(*(encode_name(v) if isinstance(v, str) else v
+                                  for v in astuple(self, recurse=False)))  # type: ignore
+
+    @classmethod
+    def decode(cls, body: bytes | memoryview, *, exact: bool = True) -> Any:
+        """The message in ``body``.  ``exact=False`` is the executive's reading: bytes after
+        the fields are ignored and the trailing padding may be missing (it is never read)."""
+        what = f"cmap {cls.__name__}"
+        if exact:
+            need(body, cls.LAYOUT.size, what)
+        else:
+            need(body, _fields_size(cls.LAYOUT), what, exact=False)
+            body = bytes(body[:cls.LAYOUT.size]).ljust(cls.LAYOUT.size, b"\0")
+        return cls(*(decode_name(v) if isinstance(v, bytes) else v
+                     for v in cls.LAYOUT.unpack_from(body)))
+
+
 # --------------------------------------------------------------------------------------------
 # Requests
 # --------------------------------------------------------------------------------------------
 
 _SET_HEAD: Final = struct.Struct("<264sQB7x")       # key, value_len, type    (@16..@296)
-_KEY_U64: Final = struct.Struct("<264sQ")            # key, u64                (@16..@288)
-_KEY_I32: Final = struct.Struct("<264si4x")          # key, i32                (@16..@288)
-_TRACK_ADD: Final = struct.Struct("<264si4xQ")       # key, track_type, cookie (@16..@296)
-_I32_PAD: Final = struct.Struct("<i4x")
-
-
-def _key(body: bytes | memoryview, offset: int = 0) -> str:
-    return decode_name(body, offset)
 
 
 @frozen
@@ -196,163 +302,100 @@ class SetRequest:
         return _SET_HEAD.pack(encode_name(self.key), len(self.value), self.type) + self.value
 
     @classmethod
-    def decode(cls, body: bytes | memoryview) -> "SetRequest":
+    def decode(cls, body: bytes | memoryview, *, exact: bool = True) -> "SetRequest":
+        """``exact=False`` ignores bytes after the value; fewer than value_len never pass."""
         need(body, _SET_HEAD.size, "cmap SET", exact=False)
-        _raw, value_len, vtype = _SET_HEAD.unpack_from(body)
-        if len(body) != _SET_HEAD.size + value_len:
-            raise ProtoError(f"cmap SET: value_len {value_len} but {len(body) - _SET_HEAD.size}"
-                             " value bytes")
-        return cls(_key(body), vtype, bytes(body[_SET_HEAD.size:]))
+        raw, value_len, vtype = _SET_HEAD.unpack_from(body)
+        sent = len(body) - _SET_HEAD.size
+        if sent < value_len or (exact and sent != value_len):
+            raise ProtoError(f"cmap SET: value_len {value_len} but {sent} value bytes")
+        return cls(decode_name(raw), vtype, bytes(body[_SET_HEAD.size:_SET_HEAD.size + value_len]))
 
 
 @frozen
-class DeleteRequest:
+class DeleteRequest(_FixedBody):
     """DELETE (req 1): 16 key."""
 
     ID: ClassVar[int] = ReqId.DELETE
+    LAYOUT: ClassVar[struct.Struct] = _KEY
     key: str
-
-    def encode(self) -> bytes:
-        return encode_name(self.key)
-
-    @classmethod
-    def decode(cls, body: bytes | memoryview) -> "DeleteRequest":
-        need(body, NAME.size, "cmap DELETE")
-        return cls(_key(body))
 
 
 @frozen
-class GetRequest:
+class GetRequest(_FixedBody):
     """GET (req 2): 16 key, 280 value_len u64 (the caller's buffer; 0 = type and length only)."""
 
     ID: ClassVar[int] = ReqId.GET
+    LAYOUT: ClassVar[struct.Struct] = _KEY_U64
     key: str
     value_len: int
 
-    def encode(self) -> bytes:
-        return _KEY_U64.pack(encode_name(self.key), self.value_len)
-
-    @classmethod
-    def decode(cls, body: bytes | memoryview) -> "GetRequest":
-        need(body, _KEY_U64.size, "cmap GET")
-        return cls(_key(body), _KEY_U64.unpack_from(body)[1])
-
 
 @frozen
-class AdjustIntRequest:
+class AdjustIntRequest(_FixedBody):
     """ADJUST_INT (req 3): 16 key, 280 step i32 (cmap_inc = +1, cmap_dec = -1)."""
 
     ID: ClassVar[int] = ReqId.ADJUST_INT
+    LAYOUT: ClassVar[struct.Struct] = _KEY_I32
     key: str
     step: int
 
-    def encode(self) -> bytes:
-        return _KEY_I32.pack(encode_name(self.key), self.step)
-
-    @classmethod
-    def decode(cls, body: bytes | memoryview) -> "AdjustIntRequest":
-        need(body, _KEY_I32.size, "cmap ADJUST_INT")
-        return cls(_key(body), _KEY_I32.unpack_from(body)[1])
-
 
 @frozen
-class IterInitRequest:
+class IterInitRequest(_FixedBody):
     """ITER_INIT (req 4): 16 prefix (empty = every key)."""
 
     ID: ClassVar[int] = ReqId.ITER_INIT
+    LAYOUT: ClassVar[struct.Struct] = _KEY
     prefix: str
-
-    def encode(self) -> bytes:
-        return encode_name(self.prefix)
-
-    @classmethod
-    def decode(cls, body: bytes | memoryview) -> "IterInitRequest":
-        need(body, NAME.size, "cmap ITER_INIT")
-        return cls(_key(body))
 
 
 @frozen
-class IterNextRequest:
+class IterNextRequest(_FixedBody):
     """ITER_NEXT (req 5): 16 iter_handle u64."""
 
     ID: ClassVar[int] = ReqId.ITER_NEXT
+    LAYOUT: ClassVar[struct.Struct] = U64
     iter_handle: int
-
-    def encode(self) -> bytes:
-        return U64.pack(self.iter_handle)
-
-    @classmethod
-    def decode(cls, body: bytes | memoryview) -> "IterNextRequest":
-        need(body, U64.size, "cmap ITER_NEXT")
-        return cls(U64.unpack_from(body)[0])
 
 
 @frozen
-class IterFinalizeRequest:
+class IterFinalizeRequest(_FixedBody):
     """ITER_FINALIZE (req 6): 16 iter_handle u64."""
 
     ID: ClassVar[int] = ReqId.ITER_FINALIZE
+    LAYOUT: ClassVar[struct.Struct] = U64
     iter_handle: int
-
-    def encode(self) -> bytes:
-        return U64.pack(self.iter_handle)
-
-    @classmethod
-    def decode(cls, body: bytes | memoryview) -> "IterFinalizeRequest":
-        need(body, U64.size, "cmap ITER_FINALIZE")
-        return cls(U64.unpack_from(body)[0])
 
 
 @frozen
-class TrackAddRequest:
+class TrackAddRequest(_FixedBody):
     """TRACK_ADD (req 7): 16 key, 280 track_type i32, 288 track_inst_handle u64 (the client's
     cookie, echoed in every NOTIFY)."""
 
     ID: ClassVar[int] = ReqId.TRACK_ADD
+    LAYOUT: ClassVar[struct.Struct] = _TRACK_ADD
     key: str
     track_type: int
     track_inst_handle: int
 
-    def encode(self) -> bytes:
-        return _TRACK_ADD.pack(encode_name(self.key), self.track_type, self.track_inst_handle)
-
-    @classmethod
-    def decode(cls, body: bytes | memoryview) -> "TrackAddRequest":
-        need(body, _TRACK_ADD.size, "cmap TRACK_ADD")
-        _raw, ttype, cookie = _TRACK_ADD.unpack_from(body)
-        return cls(_key(body), ttype, cookie)
-
 
 @frozen
-class TrackDeleteRequest:
+class TrackDeleteRequest(_FixedBody):
     """TRACK_DELETE (req 8): 16 track_handle u64 (the executive's handle)."""
 
     ID: ClassVar[int] = ReqId.TRACK_DELETE
+    LAYOUT: ClassVar[struct.Struct] = U64
     track_handle: int
-
-    def encode(self) -> bytes:
-        return U64.pack(self.track_handle)
-
-    @classmethod
-    def decode(cls, body: bytes | memoryview) -> "TrackDeleteRequest":
-        need(body, U64.size, "cmap TRACK_DELETE")
-        return cls(U64.unpack_from(body)[0])
 
 
 @frozen
-class SetCurrentMapRequest:
+class SetCurrentMapRequest(_FixedBody):
     """SET_CURRENT_MAP (req 9): 16 map i32."""
 
     ID: ClassVar[int] = ReqId.SET_CURRENT_MAP
+    LAYOUT: ClassVar[struct.Struct] = _I32_PAD
     map: int
-
-    def encode(self) -> bytes:
-        return _I32_PAD.pack(self.map)
-
-    @classmethod
-    def decode(cls, body: bytes | memoryview) -> "SetCurrentMapRequest":
-        need(body, _I32_PAD.size, "cmap SET_CURRENT_MAP")
-        return cls(_I32_PAD.unpack_from(body)[0])
 
 
 REQUESTS: Final = {c.ID: c for c in (
@@ -365,8 +408,8 @@ REQUESTS: Final = {c.ID: c for c in (
 # --------------------------------------------------------------------------------------------
 
 _GET_HEAD: Final = struct.Struct("<QB7x")            # value_len, type        (@24..@40)
-_ITER_NEXT: Final = struct.Struct("<264sQB7x")       # key, value_len, type   (@24..@304)
-_NOTIFY_HEAD: Final = struct.Struct("<Q264si4xB7xB7xQQ")  # (@24..@336)
+#: NOTIFY up to its values: cookie, key, event, new type, old type, new_len, old_len.
+NOTIFY_HEAD: Final = struct.Struct("<Q264si4xB7xB7xQQ")  # (@24..@336)
 
 
 @frozen
@@ -396,71 +439,42 @@ class GetResponse:
 
 
 @frozen
-class IterInitResponse:
+class IterInitResponse(_FixedBody):
     """ITER_INIT (res 4): 24 iter_handle u64."""
 
     ID: ClassVar[int] = ResId.ITER_INIT
+    LAYOUT: ClassVar[struct.Struct] = U64
     iter_handle: int
-
-    def encode(self) -> bytes:
-        return U64.pack(self.iter_handle)
-
-    @classmethod
-    def decode(cls, body: bytes | memoryview) -> "IterInitResponse":
-        need(body, U64.size, "cmap ITER_INIT response")
-        return cls(U64.unpack_from(body)[0])
 
 
 @frozen
-class IterNextResponse:
+class IterNextResponse(_FixedBody):
     """ITER_NEXT (res 5): 24 key, 288 value_len u64, 296 type u8.  The end of the iteration is
     the error CS_ERR_NO_SECTIONS (with this body zeroed)."""
 
     ID: ClassVar[int] = ResId.ITER_NEXT
+    LAYOUT: ClassVar[struct.Struct] = _ITER_NEXT
     key: str
     value_len: int
     type: int
 
-    def encode(self) -> bytes:
-        return _ITER_NEXT.pack(encode_name(self.key), self.value_len, self.type)
-
-    @classmethod
-    def decode(cls, body: bytes | memoryview) -> "IterNextResponse":
-        need(body, _ITER_NEXT.size, "cmap ITER_NEXT response")
-        _raw, value_len, vtype = _ITER_NEXT.unpack_from(body)
-        return cls(_key(body), value_len, vtype)
-
 
 @frozen
-class TrackAddResponse:
+class TrackAddResponse(_FixedBody):
     """TRACK_ADD (res 7): 24 track_handle u64 (the executive's handle for TRACK_DELETE)."""
 
     ID: ClassVar[int] = ResId.TRACK_ADD
+    LAYOUT: ClassVar[struct.Struct] = U64
     track_handle: int
-
-    def encode(self) -> bytes:
-        return U64.pack(self.track_handle)
-
-    @classmethod
-    def decode(cls, body: bytes | memoryview) -> "TrackAddResponse":
-        need(body, U64.size, "cmap TRACK_ADD response")
-        return cls(U64.unpack_from(body)[0])
 
 
 @frozen
-class TrackDeleteResponse:
+class TrackDeleteResponse(_FixedBody):
     """TRACK_DELETE (res 8): 24 track_inst_handle u64 (the client's cookie)."""
 
     ID: ClassVar[int] = ResId.TRACK_DELETE
+    LAYOUT: ClassVar[struct.Struct] = U64
     track_inst_handle: int
-
-    def encode(self) -> bytes:
-        return U64.pack(self.track_inst_handle)
-
-    @classmethod
-    def decode(cls, body: bytes | memoryview) -> "TrackDeleteResponse":
-        need(body, U64.size, "cmap TRACK_DELETE response")
-        return cls(U64.unpack_from(body)[0])
 
 
 @frozen
@@ -481,21 +495,20 @@ class NotifyEvent:
     old_value: bytes
 
     def encode(self) -> bytes:
-        return (_NOTIFY_HEAD.pack(self.track_inst_handle, encode_name(self.key), self.event,
-                                  self.new_type, self.old_type, len(self.new_value),
-                                  len(self.old_value))
+        return (NOTIFY_HEAD.pack(self.track_inst_handle, encode_name(self.key), self.event,
+                                 self.new_type, self.old_type, len(self.new_value),
+                                 len(self.old_value))
                 + self.new_value + self.old_value)
 
     @classmethod
     def decode(cls, body: bytes | memoryview) -> "NotifyEvent":
-        need(body, _NOTIFY_HEAD.size, "cmap NOTIFY", exact=False)
-        cookie, _raw, event, new_type, old_type, new_len, old_len = \
-            _NOTIFY_HEAD.unpack_from(body)
-        values = body[_NOTIFY_HEAD.size:]
+        need(body, NOTIFY_HEAD.size, "cmap NOTIFY", exact=False)
+        cookie, raw, event, new_type, old_type, new_len, old_len = NOTIFY_HEAD.unpack_from(body)
+        values = body[NOTIFY_HEAD.size:]
         if new_len + old_len != len(values):
             raise ProtoError(f"cmap NOTIFY: lengths {new_len}+{old_len} but {len(values)} "
                              "value bytes")
-        return cls(cookie, _key(body, 8), event, new_type, bytes(values[:new_len]),
+        return cls(cookie, decode_name(raw), event, new_type, bytes(values[:new_len]),
                    old_type, bytes(values[new_len:]))
 
 
@@ -507,10 +520,11 @@ RESPONSE_BUFFER: Final = {
 }
 
 __all__ = [
-    "ValueType", "MapId", "TrackType", "ReqId", "ResId", "VALUE_MAX", "Value", "encode_value",
-    "decode_value", "SetRequest", "DeleteRequest", "GetRequest", "AdjustIntRequest",
+    "ValueType", "MapId", "TrackType", "ReqId", "ResId", "VALUE_MAX", "Value", "int_range",
+    "encode_value", "decode_value", "encode_stored_value", "decode_request_value",
+    "SetRequest", "DeleteRequest", "GetRequest", "AdjustIntRequest",
     "IterInitRequest", "IterNextRequest", "IterFinalizeRequest", "TrackAddRequest",
     "TrackDeleteRequest", "SetCurrentMapRequest", "REQUESTS", "GetResponse",
     "IterInitResponse", "IterNextResponse", "TrackAddResponse", "TrackDeleteResponse",
-    "NotifyEvent", "RESPONSE_BUFFER",
+    "NotifyEvent", "NOTIFY_HEAD", "RESPONSE_BUFFER",
 ]

@@ -168,3 +168,142 @@ def test_any_bytes_decode_or_raise_proto_error(cls, body: bytes) -> None:
         cls.decode(body)
     except ProtoError:
         pass
+
+
+# --------------------------------------------------------------------------------------------
+# Both directions: the client encodes requests / decodes responses, the executive's service
+# decodes requests (exact=False) / encodes responses; each layout is written once.
+# --------------------------------------------------------------------------------------------
+
+KEYS = st.text(st.sampled_from("abcXYZ019._-/:é"), max_size=120).filter(
+    lambda k: len(k.encode()) < 256)
+U64S = st.integers(0, 2**64 - 1)
+I32S = st.integers(-2**31, 2**31 - 1)
+U8S = st.integers(0, 255)
+
+MESSAGES = {
+    p.SetRequest: st.builds(p.SetRequest, KEYS, U8S, st.binary(max_size=64)),
+    p.DeleteRequest: st.builds(p.DeleteRequest, KEYS),
+    p.GetRequest: st.builds(p.GetRequest, KEYS, U64S),
+    p.AdjustIntRequest: st.builds(p.AdjustIntRequest, KEYS, I32S),
+    p.IterInitRequest: st.builds(p.IterInitRequest, KEYS),
+    p.IterNextRequest: st.builds(p.IterNextRequest, U64S),
+    p.IterFinalizeRequest: st.builds(p.IterFinalizeRequest, U64S),
+    p.TrackAddRequest: st.builds(p.TrackAddRequest, KEYS, I32S, U64S),
+    p.TrackDeleteRequest: st.builds(p.TrackDeleteRequest, U64S),
+    p.SetCurrentMapRequest: st.builds(p.SetCurrentMapRequest, I32S),
+    p.IterInitResponse: st.builds(p.IterInitResponse, U64S),
+    p.IterNextResponse: st.builds(p.IterNextResponse, KEYS, U64S, U8S),
+    p.TrackAddResponse: st.builds(p.TrackAddResponse, U64S),
+    p.TrackDeleteResponse: st.builds(p.TrackDeleteResponse, U64S),
+    p.NotifyEvent: st.builds(p.NotifyEvent, U64S, KEYS, I32S, U8S, st.binary(max_size=40),
+                             U8S, st.binary(max_size=40)),
+    p.GetResponse: st.builds(lambda t, v: p.GetResponse(len(v), t, v), U8S,
+                             st.binary(min_size=1, max_size=64)),
+}
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(sorted(MESSAGES, key=lambda c: c.__name__)).flatmap(
+    lambda cls: MESSAGES[cls]))
+def test_every_message_round_trips(msg) -> None:
+    assert type(msg).decode(msg.encode()) == msg
+
+
+REQUEST_CLASSES = sorted(p.REQUESTS.values(), key=lambda c: c.__name__)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(REQUEST_CLASSES).flatmap(lambda cls: MESSAGES[cls]),
+       st.binary(max_size=16))
+def test_the_executive_reads_requests_with_trailing_bytes(req, extra: bytes) -> None:
+    """exact=False (the service's reading) ignores what follows the fields; the strict
+    client-side reading refuses it."""
+    body = req.encode()
+    assert type(req).decode(body, exact=False) == req
+    assert type(req).decode(body + extra, exact=False) == req
+    if extra:
+        with pytest.raises(ProtoError):
+            type(req).decode(body + extra)
+
+
+def test_the_executive_does_not_need_trailing_padding() -> None:
+    """The service has always answered ADJUST_INT / SET_CURRENT_MAP bodies without their
+    4 pad bytes (it never reads them); one byte less than the fields is refused."""
+    adjust = p.AdjustIntRequest("a.b", -3).encode()
+    assert len(adjust) == 272
+    assert p.AdjustIntRequest.decode(adjust[:268], exact=False) == p.AdjustIntRequest("a.b", -3)
+    with pytest.raises(ProtoError):
+        p.AdjustIntRequest.decode(adjust[:267], exact=False)
+    with pytest.raises(ProtoError):
+        p.AdjustIntRequest.decode(adjust[:268])
+    assert p.SetCurrentMapRequest.decode(struct.pack("<i", 1), exact=False).map == 1
+    # only trailing padding may be missing: a TRACK_ADD with a cut cookie is refused
+    with pytest.raises(ProtoError):
+        p.TrackAddRequest.decode(p.TrackAddRequest("a.b", 4, 1).encode()[:279], exact=False)
+
+
+def test_a_set_value_shorter_than_its_value_len_never_passes() -> None:
+    good = p.SetRequest("a.b", p.ValueType.UINT32, b"\1\0\0\0").encode()
+    with pytest.raises(ProtoError):
+        p.SetRequest.decode(good[:-1], exact=False)
+    assert p.SetRequest.decode(good + b"zz", exact=False).value == b"\1\0\0\0"
+
+
+def _values(vtype: p.ValueType) -> st.SearchStrategy:
+    if vtype.is_integer:
+        return st.integers(*p.int_range(vtype))
+    if vtype is p.ValueType.FLOAT:
+        return st.floats(width=32, allow_nan=False)
+    if vtype is p.ValueType.DOUBLE:
+        return st.floats(allow_nan=False)
+    if vtype is p.ValueType.STRING:
+        return st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"))
+    return st.binary(max_size=100)
+
+
+TYPED_VALUES = st.sampled_from(list(p.ValueType)).flatmap(
+    lambda t: st.tuples(st.just(t), _values(t)))
+
+
+@settings(max_examples=400, deadline=None)
+@given(TYPED_VALUES)
+def test_values_round_trip_in_both_directions(typed) -> None:
+    vtype, value = typed
+    # client -> executive: SET carries a STRING without NUL, the executive stores the text
+    assert p.decode_request_value(vtype, p.encode_value(vtype, value)) == value
+    # executive -> client: GET/NOTIFY carry a STRING with its NUL
+    stored = p.encode_stored_value(vtype, value)
+    assert p.decode_value(vtype, stored) == value
+    assert p.decode_request_value(vtype, stored) == value  # one NUL may be sent along
+    if vtype.fixed_size is not None:
+        assert len(stored) == vtype.fixed_size
+
+
+def test_stored_strings_carry_their_nul_and_requests_stop_there() -> None:
+    assert p.encode_stored_value(p.ValueType.STRING, "ipclab") == b"ipclab\0"  # value_len 7
+    assert p.encode_stored_value(11, "x") == b"x\0"
+    assert p.decode_request_value(p.ValueType.STRING, b"abc") == "abc"
+    with pytest.raises(ProtoError):   # value_len beyond strlen + 1 (spec 4.1)
+        p.decode_request_value(p.ValueType.STRING, b"ab\0c")
+    with pytest.raises(ProtoError):
+        p.decode_request_value(p.ValueType.UINT16, b"\1")
+    with pytest.raises(ProtoError):
+        p.decode_request_value(0, b"")
+
+
+def test_one_definition_of_value_types_ranges_and_track_flags() -> None:
+    from corosync.exec import cmap as store
+
+    assert store.CmapType is p.ValueType and store.Track is p.TrackType
+    assert store.int_range is p.int_range
+    assert p.int_range(p.ValueType.INT8) == (-128, 127)
+    assert p.int_range(p.ValueType.UINT16) == (0, 65535)
+    assert p.int_range(p.ValueType.INT64) == (-2**63, 2**63 - 1)
+    assert p.int_range(p.ValueType.UINT64) == (0, 2**64 - 1)
+    with pytest.raises(ValueError):
+        p.int_range(p.ValueType.DOUBLE)
+    assert [t for t in p.ValueType if t.is_integer] == list(p.ValueType)[:8]
+    assert [t.fixed_size for t in p.ValueType] == [1, 1, 2, 2, 4, 4, 8, 8, 4, 8, None, None]
+    assert p.ValueType.UINT32.struct_code == "I" and p.ValueType.STRING.struct_code is None
+    assert p.ValueType.DOUBLE.short_name == p.ValueType.DOUBLE.tag == "dbl"
