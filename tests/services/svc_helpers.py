@@ -1,14 +1,14 @@
 """Helpers for the service tests: service-level messages extracted from the shared
-captures (ordered, de-duplicated, totempg-reassembled), and a fake IPC connection."""
+captures (ordered, de-duplicated, totempg-reassembled); FakeConn lives in tests/svc_sim.py."""
 
 from __future__ import annotations
 
 import functools
 import pathlib
 import struct
-from typing import Any
 
-from attrs import define, field
+from attrs import define
+from svc_sim import FakeConn  # noqa: F401  (re-exported: the service tests' fake IPC connection)
 
 from corosync.exec.totem import wire
 from corosync.exec.totem.pcap import PcapReader
@@ -64,38 +64,3 @@ def capture_messages(path: str) -> tuple[CapMsg, ...]:
 
 def udpu_messages(shared: pathlib.Path) -> tuple[CapMsg, ...]:
     return capture_messages(str(shared / "spec" / "captures" / "udpu_2node.pcap"))
-
-
-@define
-class FakeConn:
-    """Stands in for exec/ipc IpcConnection: records responses and events."""
-
-    pid: int = 1000
-    uid: int = 0
-    gid: int = 0
-    context: Any = None
-    closed: bool = False
-    responses: list[tuple[int, bytes, int]] = field(factory=list)
-    events: list[tuple[int, bytes, int]] = field(factory=list)
-    fc_level: int = 0
-    max_msg_size: int = 1024 * 1024
-
-    def _check(self, payload: bytes) -> None:
-        if 24 + len(payload) > self.max_msg_size:  # as IpcConnection._build
-            raise ValueError("message exceeds the client's max_msg_size")
-
-    def send_response(self, msg_id: int, payload: bytes = b"", error: int = 1) -> bool:
-        self._check(payload)
-        self.responses.append((msg_id, bytes(payload), int(error)))
-        return True
-
-    def send_event(self, msg_id: int, payload: bytes = b"", error: int = 1) -> bool:
-        self._check(payload)
-        self.events.append((msg_id, bytes(payload), int(error)))
-        return True
-
-    def set_flow_control(self, level: int) -> None:
-        self.fc_level = level
-
-    def close(self, reason: str = "") -> None:
-        self.closed = True

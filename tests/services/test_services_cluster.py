@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import struct
 
-from svc_cluster import Cluster
-from svc_helpers import FakeConn
+from svc_sim import Cluster, FakeConn
 
 from corosync.exec.cmap import CmapType
 from corosync.services import cmap, cpg
@@ -113,7 +112,7 @@ def test_cpg_rejoin_after_crash_gets_nodeup_via_joinlist():
     c.crash(3)
     c.run_until(c.settled((1, 2)))
     assert confchgs(a)[-1][2] == [(3, 301, cpg.REASON_NODEDOWN)]
-    from svc_cluster import Node
+    from svc_sim import Node
     fresh = Node(c, 3)
     c.nodes[3] = fresh
     d2 = fresh.client(302)
