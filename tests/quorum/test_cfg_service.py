@@ -6,7 +6,7 @@ from __future__ import annotations
 import struct
 
 import pytest
-from qsim import QCluster
+from svc_sim import QCluster
 
 from corosync.exec.cmap import CmapType
 from corosync.lib.proto import cfg as cp

@@ -1,4 +1,4 @@
-"""The quorum + votequorum services on simulated clusters (tests/quorum/qsim.py): each side
+"""The quorum + votequorum services on simulated clusters (tests/svc_sim.py): each side
 of a partition reaches the quorate flag the arithmetic says, logs like the real daemon,
 and clients get the notifications corosync sends."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import struct
 
 import pytest
-from qsim import QCluster
+from svc_sim import QCluster
 
 from corosync.lib.proto import quorum as qp
 from corosync.lib.proto import votequorum as vp
@@ -320,7 +320,7 @@ def test_expected_votes_tracking_survives_restart(tmp_path):
     from corosync.exec.host import ServiceHost
     from corosync.services.quorum import QuorumService
     from corosync.services.votequorum import VotequorumService
-    from qsim import make_cmap
+    from svc_sim import make_cmap
 
     def host(expected: int) -> ServiceHost:
         cm = make_cmap(1, 3, {"quorum.provider": "corosync_votequorum",

@@ -8,7 +8,7 @@ import struct
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from qsim import QCluster
+from svc_sim import QCluster
 
 from corosync.lib.proto import cfg as cp
 from corosync.lib.proto import quorum as qp
