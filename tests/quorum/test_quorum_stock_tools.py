@@ -5,42 +5,30 @@ own tools.  Skipped with a printed reason without root/unshare/the Debian tools.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "clients"))
-
-from clients_realdaemon import real_corosync  # noqa: E402,F401  (fixture)
+import realcorosync
+from realcorosync import CFGTOOL as DEB_CT
+from realcorosync import QUORUMTOOL as DEB_QT
+from realcorosync import real_corosync  # noqa: F401  (fixture)
 
 HERE = Path(__file__).resolve().parent
-DEB_QT = "/usr/sbin/corosync-quorumtool"
-DEB_CT = "/usr/sbin/corosync-cfgtool"
 OUR_QT = [sys.executable, "-m", "corosync.tools.quorumtool"]
 OUR_CT = [sys.executable, "-m", "corosync.tools.cfgtool"]
 _VOLATILE = re.compile(rb"^(Date|Ring ID): .*$", re.M)
 
 
-def _skip_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root for a network namespace"
-    for tool in ("unshare", "nsenter", DEB_QT, DEB_CT):
-        if not shutil.which(tool) and not os.path.exists(tool):
-            return f"needs {tool}"
-    return None
-
-
 class OurServer:
     def __init__(self, *args: str) -> None:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-        env.pop("COROSYNC_IPC_DIR", None)
-        self.env = env
+        self.env = env = realcorosync.client_env()
         inner = f"ip link set lo up 2>/dev/null; exec {sys.executable} {HERE / 'qserver.py'} " \
                 + " ".join(args)
         self.proc = subprocess.Popen(["unshare", "-n", "sh", "-c", inner], env=env,
@@ -68,17 +56,22 @@ class OurServer:
                 self.proc.wait(5)
 
 
-@pytest.fixture(scope="module")
-def our_server():
-    reason = _skip_reason()
-    if reason:
-        print(f"SKIP stock tools against our services: {reason}")
-        pytest.skip(reason)
-    server = OurServer()
+@contextlib.contextmanager
+def served(*args: str, what: str = "stock tools against our services") -> Iterator[OurServer]:
+    """qserver.py (with ``args``) in its own network namespace, stopped on exit; skips
+    (reason printed) without root, unshare/nsenter or Debian's tools."""
+    realcorosync.require(what, real=False, files=(DEB_QT, DEB_CT))
+    server = OurServer(*args)
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def our_server():
+    with served() as server:
+        yield server
 
 
 def _norm(p: subprocess.CompletedProcess) -> tuple[int, bytes, bytes]:
@@ -133,12 +126,7 @@ def test_library_calls_on_our_services(our_server) -> None:
 
 
 def test_without_provider_both_tools_agree() -> None:
-    reason = _skip_reason()
-    if reason:
-        print(f"SKIP: {reason}")
-        pytest.skip(reason)
-    server = OurServer("--no-votequorum")
-    try:
+    with served("--no-votequorum", what="quorumtool without a provider") as server:
         for args in (["-s"], ["-l"], ["-e", "2"], ["-v", "1"], ["-f"], ["-m"]):
             deb = server.run(DEB_QT, *args)
             ours = server.run(*OUR_QT, *args)
@@ -146,8 +134,6 @@ def test_without_provider_both_tools_agree() -> None:
         # corosync-quorumtool 3.1.7 cannot show status without a provider (its own bug)
         assert server.run(DEB_QT, "-s").stderr == \
             b"Unable to start votequorum status tracking: CS_ERR_BAD_HANDLE\n"
-    finally:
-        server.stop()
 
 
 def _first_block(p: subprocess.Popen, timeout: float = 20.0) -> bytes:
@@ -217,20 +203,13 @@ def test_trio_clients_on_our_services(our_server) -> None:
 
 def test_cfgtool_shutdown_against_our_services() -> None:
     """``-H`` / ``-H --force`` (our qserver records the shutdown request but keeps serving)."""
-    reason = _skip_reason()
-    if reason:
-        print(f"SKIP: {reason}")
-        pytest.skip(reason)
-    server = OurServer()
-    try:
+    with served(what="cfgtool -H against our services") as server:
         for args in (["-H"], ["-H", "--force"]):
             deb = server.run(DEB_CT, *args)
             ours = server.run(*OUR_CT, *args)
             assert (deb.returncode, deb.stdout, deb.stderr) == (0, b"Shutting down corosync\n", b"")
             assert (ours.returncode, ours.stdout, ours.stderr) == \
                 (deb.returncode, deb.stdout, deb.stderr)
-    finally:
-        server.stop()
     assert server.proc.stdout is not None
     assert server.proc.stdout.read().count(b"shutdown: cfg shutdown\n") == 4
 
