@@ -34,20 +34,16 @@ class Daemon(RealDaemon):
     def run(self, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
         return super().run(*args, text=True, **kw)
 
-    def wait_ready(self, timeout: float = 30.0) -> None:  # type: ignore[override]
+    def wait_ready(self, deadline: float) -> None:
         self.wait_until(lambda: self.run(CMAPCTL, "-g", "runtime.votequorum.this_node_id"),
-                        timeout)
+                        deadline - time.monotonic())
 
 
 @pytest.fixture
 def daemon(tmp_path: Path):
     realcorosync.require("SAM against Debian corosync", files=(CMAPCTL, QUORUMTOOL))
-    d = Daemon(tmp_path)
-    try:
-        d.wait_ready()
+    with Daemon(tmp_path).running() as d:
         yield d
-    finally:
-        d.stop()
 
 
 def of(events: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
