@@ -1,31 +1,29 @@
-"""The few votequorum calls a qdevice makes (spec/ipc-wire.md §4.4), over lib/ipc.
+"""The few votequorum calls a qdevice makes, over lib/ipc: GETINFO (own node id), TRACKSTART
+(node list + quorum notifications), QDEVICE_REGISTER / UNREGISTER / POLL / MASTER_WINS.
 
-Written here because the shared votequorum client library was not committed yet when the
-qdevice needed it; the byte layouts are the spec's and should be deduplicated with
-``lib/proto/votequorum.py`` once that lands.  Only what the qdevice uses: GETINFO (own node id),
-TRACKSTART (node list + quorum notifications), QDEVICE_REGISTER / UNREGISTER / POLL /
-MASTER_WINS, and the three notification decoders.
+Every byte layout comes from :mod:`corosync.lib.proto.votequorum` (shared with the
+executive's service and the client library); this module only adds what the qdevice
+daemon wants on top: one serialised trio connection, errors as :class:`VqError`, and the
+notifications converted to the qdevice's own event types (ring ids as the qnetd protocol's
+:class:`RingId`, which is what the qdevice sends on).
 """
 
 from __future__ import annotations
 
-import struct
 from typing import Optional, Union
 
+import trio
 from attrs import frozen
 
 from corosync.exec.qnetd.protocol import RingId
 from corosync.lib.ipc import AsyncIpcClient, CsError, IpcError
+from corosync.lib.proto import votequorum as vp
+from corosync.lib.proto.common import ProtoError
 
 SERVICE = "votequorum"
 QDEVICE_NAME = "Qdevice"  # what corosync-qdevice registers (quorumtool shows it)
-NAME_LEN = 255
-
-REQ_GETINFO, REQ_TRACKSTART, REQ_TRACKSTOP = 0, 3, 4
-REQ_QDEVICE_REGISTER, REQ_QDEVICE_UNREGISTER = 5, 6
-REQ_QDEVICE_POLL, REQ_QDEVICE_MASTER_WINS = 8, 9
-EV_QUORUM, EV_EXPECTED_VOTES, EV_NODELIST = 3, 4, 5
-TRACK_CURRENT, TRACK_CHANGES = 1, 2
+TRACK_CURRENT, TRACK_CHANGES = 1, 2  # cs_track flags
+REQUEST_TIMEOUT = 10.0  # seconds; corosync answers at once, a stall means it is gone
 
 
 class VqError(Exception):
@@ -57,39 +55,19 @@ class ExpectedVotesEvent:
 VqEvent = Union[NodelistEvent, QuorumEvent, ExpectedVotesEvent]
 
 
-def _name(name: str) -> bytes:
-    raw = name.encode()
-    if len(raw) >= NAME_LEN:
-        raise ValueError("qdevice name too long")
-    return raw.ljust(NAME_LEN, b"\0") + b"\0"  # char[255] + 1 pad byte to the next field
-
-
-def enc_poll(name: str, cast_vote: bool, ring: RingId) -> bytes:
-    return _name(name) + struct.pack("<i4xI4xQ", int(cast_vote), ring.node_id, ring.seq)
-
-
-def enc_master_wins(name: str, allow: bool) -> bytes:
-    return _name(name) + struct.pack("<I4x", int(allow))
-
-
 def decode_event(msg_id: int, body: bytes) -> Optional[VqEvent]:
-    """Decode a notification body (after the 24-byte header); None if unknown or malformed."""
+    """A notification body (after the 24-byte header) as a qdevice event; None if the id is
+    not a notification or the body is malformed (the caller skips it)."""
     try:
-        if msg_id == EV_NODELIST:
-            _ctx, rnode, rseq, n = struct.unpack_from("<QI4xQI4x", body)
-            if n > 65536 or 32 + 4 * n > len(body):
-                return None
-            return NodelistEvent(RingId(rnode, rseq), struct.unpack_from(f"<{n}I", body, 32))
-        if msg_id == EV_QUORUM:
-            quorate, _ctx, n = struct.unpack_from("<I4xQI4x", body)
-            if n > 65536 or 24 + 8 * n > len(body):
-                return None
-            flat = struct.unpack_from(f"<{2 * n}I", body, 24)
-            return QuorumEvent(bool(quorate), tuple(zip(flat[::2], flat[1::2])))
-        if msg_id == EV_EXPECTED_VOTES:
-            _ctx, expected = struct.unpack_from("<QI", body)
-            return ExpectedVotesEvent(expected)
-    except struct.error:
+        if msg_id == vp.EV_NODELIST_NOTIFICATION:
+            nl = vp.NodelistNotification.decode(body)
+            return NodelistEvent(RingId(nl.ring_nodeid, nl.ring_seq), tuple(nl.nodes))
+        if msg_id == vp.EV_QUORUM_NOTIFICATION:
+            qn = vp.QuorumNotification.decode(body)
+            return QuorumEvent(qn.quorate, tuple(qn.nodes))
+        if msg_id == vp.EV_EXPECTEDVOTES_NOTIFICATION:
+            return ExpectedVotesEvent(vp.ExpectedVotesNotification.decode(body).expected_votes)
+    except ProtoError:
         return None
     return None
 
@@ -98,8 +76,6 @@ class Votequorum:
     """One votequorum connection; requests are serialised (one outstanding at a time)."""
 
     def __init__(self, client: AsyncIpcClient) -> None:
-        import trio
-
         self.client = client
         self._lock = trio.Lock()
 
@@ -109,31 +85,38 @@ class Votequorum:
 
     async def _call(self, what: str, msg_id: int, payload: bytes) -> bytes:
         async with self._lock:
-            _rid, err, body = await self.client.request(msg_id, payload, timeout=10.0)
+            _rid, err, body = await self.client.request(msg_id, payload,
+                                                        timeout=REQUEST_TIMEOUT)
         if err != CsError.OK:
             raise VqError(what, err)
         return body
 
     async def this_node_id(self) -> int:
-        body = await self._call("getinfo", REQ_GETINFO, struct.pack("<i4x", 0))
-        return struct.unpack_from("<I", body)[0]
+        body = await self._call("getinfo", vp.REQ_GETINFO, vp.enc_getinfo(0))
+        try:
+            return vp.NodeInfo.decode(body).nodeid
+        except ProtoError:
+            raise VqError("getinfo", CsError.ERR_MESSAGE_ERROR) from None
 
     async def trackstart(self) -> None:
-        await self._call("trackstart", REQ_TRACKSTART,
-                         struct.pack("<QI4x", 0, TRACK_CURRENT | TRACK_CHANGES))
+        await self._call("trackstart", vp.REQ_TRACKSTART,
+                         vp.enc_trackstart(0, TRACK_CURRENT | TRACK_CHANGES))
 
     async def register(self, name: str = QDEVICE_NAME) -> None:
-        await self._call("qdevice_register", REQ_QDEVICE_REGISTER, _name(name))
+        await self._call("qdevice_register", vp.REQ_QDEVICE_REGISTER,
+                         vp.enc_qdevice_name(name))
 
     async def unregister(self, name: str = QDEVICE_NAME) -> None:
-        await self._call("qdevice_unregister", REQ_QDEVICE_UNREGISTER, _name(name))
+        await self._call("qdevice_unregister", vp.REQ_QDEVICE_UNREGISTER,
+                         vp.enc_qdevice_name(name))
 
     async def poll(self, cast_vote: bool, ring: RingId, name: str = QDEVICE_NAME) -> None:
-        await self._call("qdevice_poll", REQ_QDEVICE_POLL, enc_poll(name, cast_vote, ring))
+        await self._call("qdevice_poll", vp.REQ_QDEVICE_POLL,
+                         vp.enc_qdevice_poll(name, cast_vote, ring.node_id, ring.seq))
 
     async def master_wins(self, allow: bool, name: str = QDEVICE_NAME) -> None:
-        await self._call("qdevice_master_wins", REQ_QDEVICE_MASTER_WINS,
-                         enc_master_wins(name, allow))
+        await self._call("qdevice_master_wins", vp.REQ_QDEVICE_MASTER_WINS,
+                         vp.enc_qdevice_master_wins(name, allow))
 
     async def next_event(self) -> Optional[VqEvent]:
         """Wait for the next notification; raises IpcError when corosync goes away."""
