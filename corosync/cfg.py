@@ -23,12 +23,12 @@ import os
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from corosync._common import CsError, CsErrorCode, DispatchFlags
+from corosync._common import (AsyncServiceHandle, CsError, CsErrorCode, DispatchFlags, Reply,
+                              ServiceHandle, decode_reply, encode_body)
 from corosync.lib.proto import cfg as proto
 from corosync.lib.proto.cfg import (SHUTDOWN_FLAG_IMMEDIATE, SHUTDOWN_FLAG_REGARDLESS,
                                     SHUTDOWN_FLAG_REQUEST, LinkStatus, NodeStatus, RingStatus)
 from corosync.lib.proto.common import ProtoError
-from corosync.quorum import AsyncServiceHandle, ServiceHandle, decode_reply
 
 __all__ = ["Cfg", "AsyncCfg", "NodeStatus", "LinkStatus", "RingStatus", "DispatchFlags",
            "CsError", "CsErrorCode", "SHUTDOWN_FLAG_REQUEST", "SHUTDOWN_FLAG_REGARDLESS",
@@ -45,27 +45,40 @@ def _u32(payload: bytes, what: str) -> int:
         raise CsError(CsErrorCode.ERR_MESSAGE_ERROR, str(exc)) from None
 
 
-def _addrs(reply: Any) -> list[str]:
+def _addrs(reply: Reply) -> list[str]:
     resp = decode_reply(proto.GetNodeAddrsResponse, reply, "cfg get_node_addrs")
     return [a for a in resp.addresses() if a is not None]
 
 
-class _CfgEvents:
-    shutdown_fn: ShutdownFn | None
-
-    def _event(self, msg_id: int, payload: bytes) -> Any:
-        if msg_id != proto.EV_TESTSHUTDOWN:
-            raise ValueError(f"unknown cfg event id {msg_id}")
-        flags = proto.dec_u32(payload, "cfg testshutdown")
-        if self.shutdown_fn is not None:
-            self.shutdown_fn(flags)
-        return flags
+def _ring_status(reply: Reply) -> RingStatus:
+    """libcfg ignores RINGSTATUSGET's error field and reads the body: so do we."""
+    return decode_reply(RingStatus, reply, "cfg ring_status_get")  # type: ignore[no-any-return]
 
 
-class Cfg(_CfgEvents, ServiceHandle):
-    """A blocking cfg handle (``corosync_cfg_handle_t``)."""
+def _node_status(reply: Reply) -> NodeStatus:
+    return decode_reply(NodeStatus, reply, "cfg node_status_get")  # type: ignore[no-any-return]
+
+
+def _testshutdown(payload: bytes) -> int:
+    return proto.dec_u32(payload, "cfg testshutdown")
+
+
+class _CfgProtocol:
+    """Events and request bodies both cfg handles share."""
 
     SERVICE = "cfg"
+    EVENT_DECODERS = {proto.EV_TESTSHUTDOWN: _testshutdown}
+    EVENT_CALLBACKS = {int: "shutdown_fn"}    # TESTSHUTDOWN is its flags
+
+    shutdown_fn: ShutdownFn | None
+
+    @staticmethod
+    def _killnode(nodeid: int, reason: str) -> bytes:
+        return encode_body(proto.enc_killnode, nodeid, reason)
+
+
+class Cfg(_CfgProtocol, ServiceHandle):
+    """A blocking cfg handle (``corosync_cfg_handle_t``)."""
 
     def __init__(self, client: Any, context: Any = None) -> None:
         super().__init__(client, context)
@@ -84,21 +97,20 @@ class Cfg(_CfgEvents, ServiceHandle):
 
     def get_node_addrs(self, nodeid: int = 0) -> list[str]:
         """The node's link addresses as text (0: this node)."""
-        reply = self._call(proto.REQ_GET_NODE_ADDRS,
-                           proto.GetNodeAddrsRequest(nodeid).encode(), "cfg get_node_addrs")
-        return _addrs(reply)
+        return _addrs(self._call(proto.REQ_GET_NODE_ADDRS,
+                                 proto.GetNodeAddrsRequest(nodeid).encode(),
+                                 "cfg get_node_addrs"))
 
     def node_status_get(self, nodeid: int) -> NodeStatus:
-        reply = self._call(proto.REQ_NODESTATUSGET, proto.enc_nodestatusget(nodeid),
-                           "cfg node_status_get")
-        return decode_reply(NodeStatus, reply, "cfg node_status_get")  # type: ignore
+        return _node_status(self._call(proto.REQ_NODESTATUSGET,
+                                       proto.enc_nodestatusget(nodeid), "cfg node_status_get"))
 
     def ring_status_get(self) -> RingStatus:
-        reply = self._call_raw(proto.REQ_RINGSTATUSGET)  # libcfg ignores the error field
-        return decode_reply(RingStatus, reply, "cfg ring_status_get")  # type: ignore
+        return _ring_status(self._call_raw(proto.REQ_RINGSTATUSGET))
 
     def kill_node(self, nodeid: int, reason: str = "") -> None:
-        self._call(proto.REQ_KILLNODE, proto.enc_killnode(nodeid, reason), "cfg kill_node")
+        """Ask ``nodeid`` to leave the cluster (CS_ERR_NOT_EXIST: not a member)."""
+        self._call(proto.REQ_KILLNODE, self._killnode(nodeid, reason), "cfg kill_node")
 
     def try_shutdown(self, flags: int = SHUTDOWN_FLAG_REQUEST) -> None:
         self._call(proto.REQ_TRYSHUTDOWN, proto.enc_u32(flags), "cfg try_shutdown")
@@ -107,6 +119,7 @@ class Cfg(_CfgEvents, ServiceHandle):
         self._call(proto.REQ_REPLYTOSHUTDOWN, proto.enc_u32(response), "cfg replyto_shutdown")
 
     def reload_config(self) -> None:
+        """Every node re-reads corosync.conf; answered once the request went round."""
         self._call(proto.REQ_RELOAD_CONFIG, b"", "cfg reload_config")
 
     def reopen_log_files(self) -> None:
@@ -119,10 +132,9 @@ class Cfg(_CfgEvents, ServiceHandle):
         self._call(proto.REQ_TRACKSTOP, b"", "cfg trackstop")
 
 
-class AsyncCfg(_CfgEvents, AsyncServiceHandle):
-    """The trio flavour of :class:`Cfg`."""
-
-    SERVICE = "cfg"
+class AsyncCfg(_CfgProtocol, AsyncServiceHandle):
+    """The trio flavour of :class:`Cfg`: the same calls awaited; TESTSHUTDOWN events from
+    :meth:`shutdown_requests` (the ``shutdown`` callback runs too)."""
 
     def __init__(self, client: Any, context: Any = None) -> None:
         super().__init__(client, context)
@@ -136,27 +148,43 @@ class AsyncCfg(_CfgEvents, AsyncServiceHandle):
         return handle
 
     async def local_get(self) -> int:
-        return _u32((await self._call(proto.REQ_LOCAL_GET)).payload, "local_get")
+        return _u32((await self._call(proto.REQ_LOCAL_GET, b"", "cfg local_get")).payload,
+                    "local_get")
 
     async def get_node_addrs(self, nodeid: int = 0) -> list[str]:
         return _addrs(await self._call(proto.REQ_GET_NODE_ADDRS,
-                                       proto.GetNodeAddrsRequest(nodeid).encode()))
+                                       proto.GetNodeAddrsRequest(nodeid).encode(),
+                                       "cfg get_node_addrs"))
 
     async def node_status_get(self, nodeid: int) -> NodeStatus:
-        reply = await self._call(proto.REQ_NODESTATUSGET, proto.enc_nodestatusget(nodeid))
-        return decode_reply(NodeStatus, reply, "cfg node_status_get")  # type: ignore
+        return _node_status(await self._call(proto.REQ_NODESTATUSGET,
+                                             proto.enc_nodestatusget(nodeid),
+                                             "cfg node_status_get"))
+
+    async def ring_status_get(self) -> RingStatus:
+        return _ring_status(await self._call_raw(proto.REQ_RINGSTATUSGET))
+
+    async def kill_node(self, nodeid: int, reason: str = "") -> None:
+        await self._call(proto.REQ_KILLNODE, self._killnode(nodeid, reason), "cfg kill_node")
 
     async def try_shutdown(self, flags: int = SHUTDOWN_FLAG_REQUEST) -> None:
-        await self._call(proto.REQ_TRYSHUTDOWN, proto.enc_u32(flags))
+        await self._call(proto.REQ_TRYSHUTDOWN, proto.enc_u32(flags), "cfg try_shutdown")
 
     async def replyto_shutdown(self, response: int) -> None:
-        await self._call(proto.REQ_REPLYTOSHUTDOWN, proto.enc_u32(response))
+        await self._call(proto.REQ_REPLYTOSHUTDOWN, proto.enc_u32(response),
+                         "cfg replyto_shutdown")
+
+    async def reload_config(self) -> None:
+        await self._call(proto.REQ_RELOAD_CONFIG, b"", "cfg reload_config")
+
+    async def reopen_log_files(self) -> None:
+        await self._call(proto.REQ_REOPEN_LOG_FILES, b"", "cfg reopen_log_files")
 
     async def trackstart(self, flags: int = 0) -> None:
-        await self._call(proto.REQ_TRACKSTART, proto.enc_u32(flags))
+        await self._call(proto.REQ_TRACKSTART, proto.enc_u32(flags), "cfg trackstart")
 
     async def trackstop(self) -> None:
-        await self._call(proto.REQ_TRACKSTOP)
+        await self._call(proto.REQ_TRACKSTOP, b"", "cfg trackstop")
 
     def shutdown_requests(self) -> AsyncIterator[Any]:
         """The flags of every TESTSHUTDOWN event."""

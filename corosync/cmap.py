@@ -33,16 +33,16 @@ return (``CS_ERR_NOT_EXIST`` for a missing key, ``CS_ERR_LIBRARY`` when no execu
 from __future__ import annotations
 
 import itertools
-import logging
 import os
+from contextlib import aclosing
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, Final
 
 from attrs import frozen
 
-from corosync._common import (CsError, CsErrorCode, DispatchFlags, Plan,
-                              RateLimitedLog, Reply, Request, check, run_async, run_blocking)
-from corosync.lib.ipc import AsyncIpcClient, IpcClient, IpcError, pack_request
+from corosync._common import (AsyncServiceHandle, CsError, CsErrorCode, DispatchFlags, Plan,
+                              Request, ServiceHandle, check, decode_reply)
+from corosync.lib.ipc import AsyncIpcClient, IpcClient, pack_request
 from corosync.lib.proto import cmap as proto
 from corosync.lib.proto.common import CS_MAX_NAME_LENGTH, ProtoError
 from corosync.lib.proto.cmap import MapId, TrackType, Value, ValueType
@@ -52,8 +52,6 @@ __all__ = [
     "ValueType", "MapId", "TrackType", "DispatchFlags", "CsError", "CsErrorCode",
 ]
 
-log = logging.getLogger("corosync.cmap")
-_bad_input = RateLimitedLog(log)
 
 SERVICE: Final = "cmap"
 #: The typed getters of libcmap ask for this many bytes (any fixed-size value fits).
@@ -126,23 +124,18 @@ def _check_key(key: str) -> None:
         raise CsError(CsErrorCode.ERR_NAME_TOO_LONG, key)
 
 
-def _decode(cls: Any, reply: Reply, what: str) -> Any:
-    try:
-        return cls.decode(reply.payload)
-    except ProtoError as exc:
-        raise CsError(CsErrorCode.ERR_MESSAGE_ERROR, f"{what}: {exc}") from None
-
-
 class _CmapProtocol:
-    """The call plans and notification decoding both handle types share."""
+    """The call plans, notification decoding and typed accessors both handle types share
+    (the connection plumbing comes from :class:`~corosync._common.ServiceHandle` /
+    :class:`~corosync._common.AsyncServiceHandle`)."""
 
-    def __init__(self, context: Any = None) -> None:
-        self.context = context
-        self._tracks: dict[int, _Track] = {}        # client cookie -> track
+    SERVICE = SERVICE
+    _tracks: dict[int, _Track]
+
+    def __init__(self, client: Any, context: Any = None) -> None:
+        super().__init__(client, context)  # type: ignore[call-arg]
+        self._tracks = {}        # client cookie -> track
         self._cookies = itertools.count(1)
-        self._finalized = False
-        #: Events the executive sent that could not be decoded or have an unknown id.
-        self.dropped_events = 0
 
     # -- plans --------------------------------------------------------------------------------
 
@@ -154,7 +147,7 @@ class _CmapProtocol:
     def _plan_get_raw(key: str, capacity: int) -> Plan[proto.GetResponse]:
         _check_key(key)
         reply = check((yield _request(proto.GetRequest(key, capacity))), f"get {key}")
-        return _decode(proto.GetResponse, reply, "get")  # type: ignore[no-any-return]
+        return decode_reply(proto.GetResponse, reply, "get")  # type: ignore[no-any-return]
 
     def _plan_get(self, key: str) -> Plan[CmapValue]:
         for _ in range(_GET_RETRIES):
@@ -204,14 +197,14 @@ class _CmapProtocol:
     def _plan_iter_init(prefix: str) -> Plan[int]:
         _check_key(prefix)
         reply = check((yield _request(proto.IterInitRequest(prefix))), "iter_init")
-        return _decode(proto.IterInitResponse, reply, "iter_init").iter_handle  # type: ignore
+        return decode_reply(proto.IterInitResponse, reply, "iter_init").iter_handle  # type: ignore
 
     @staticmethod
     def _plan_iter_next(handle: int) -> Plan[IterEntry | None]:
         reply = yield _request(proto.IterNextRequest(handle))
         if reply is not None and reply.error == CsErrorCode.ERR_NO_SECTIONS:
             return None
-        res = _decode(proto.IterNextResponse, check(reply, "iter_next"), "iter_next")
+        res = decode_reply(proto.IterNextResponse, check(reply, "iter_next"), "iter_next")
         try:
             vtype = ValueType(res.type)
         except ValueError:
@@ -229,7 +222,7 @@ class _CmapProtocol:
         cookie = next(self._cookies)
         reply = check((yield _request(proto.TrackAddRequest(key, int(track_type), cookie))),
                       f"track_add {key}")
-        handle = _decode(proto.TrackAddResponse, reply, "track_add").track_handle
+        handle = decode_reply(proto.TrackAddResponse, reply, "track_add").track_handle
         self._tracks[cookie] = _Track(handle, callback, user_data)
         return handle  # type: ignore[no-any-return]
 
@@ -241,33 +234,114 @@ class _CmapProtocol:
 
     # -- notifications ------------------------------------------------------------------------
 
-    def _notification(self, msg_id: int, payload: bytes) -> tuple[Notification, _Track] | None:
-        """Decode one event; None (dropped and counted) when it is not a usable NOTIFY."""
+    def _decode_event(self, msg_id: int, payload: bytes) -> Notification | None:
+        """One NOTIFY; None for a tracker already deleted (not an error: libcmap ignores
+        it too).  Anything undecodable raises and is dropped and counted by the handle."""
         if msg_id != proto.ResId.NOTIFY:
-            self.dropped_events += 1
-            _bad_input.warning("id", "cmap: dropped event with unknown id %d", msg_id)
-            return None
-        try:
-            ev = proto.NotifyEvent.decode(payload)
-            new = _typed(ev.new_type, ev.new_value) if ev.new_type else None
-            old = _typed(ev.old_type, ev.old_value) if ev.old_type else None
-            event = TrackType(ev.event)
-        except (ProtoError, CsError, ValueError) as exc:
-            self.dropped_events += 1
-            _bad_input.warning("malformed", "cmap: dropped malformed NOTIFY: %s", exc)
-            return None
+            raise ValueError(f"unknown cmap event id {msg_id}")
+        ev = proto.NotifyEvent.decode(payload)
+        new = _typed(ev.new_type, ev.new_value) if ev.new_type else None
+        old = _typed(ev.old_type, ev.old_value) if ev.old_type else None
+        event = TrackType(ev.event)
         track = self._tracks.get(ev.track_inst_handle)
         if track is None:
-            return None      # tracker already deleted: not an error (libcmap ignores it too)
-        return Notification(track.handle, event, ev.key, new, old, track.user_data), track
+            return None
+        return Notification(track.handle, event, ev.key, new, old, track.user_data)
+
+    def _callback(self, note: Notification) -> None:
+        for track in self._tracks.values():
+            if track.handle == note.track_handle:
+                if track.callback is not None:
+                    track.callback(note)
+                return
+
+    # -- typed accessors (on AsyncCmap they return the coroutine to await) ---------------------
+
+    get_typed: Callable[[str, ValueType], Any]
+    set: Callable[[str, Value, ValueType], Any]
+
+    def get_int8(self, key: str) -> Any:
+        return self.get_typed(key, ValueType.INT8)
+
+    def get_uint8(self, key: str) -> Any:
+        return self.get_typed(key, ValueType.UINT8)
+
+    def get_int16(self, key: str) -> Any:
+        return self.get_typed(key, ValueType.INT16)
+
+    def get_uint16(self, key: str) -> Any:
+        return self.get_typed(key, ValueType.UINT16)
+
+    def get_int32(self, key: str) -> Any:
+        return self.get_typed(key, ValueType.INT32)
+
+    def get_uint32(self, key: str) -> Any:
+        return self.get_typed(key, ValueType.UINT32)
+
+    def get_int64(self, key: str) -> Any:
+        return self.get_typed(key, ValueType.INT64)
+
+    def get_uint64(self, key: str) -> Any:
+        return self.get_typed(key, ValueType.UINT64)
+
+    def get_float(self, key: str) -> Any:
+        return self.get_typed(key, ValueType.FLOAT)
+
+    def get_double(self, key: str) -> Any:
+        return self.get_typed(key, ValueType.DOUBLE)
+
+    def get_string(self, key: str) -> Any:
+        return self.get_typed(key, ValueType.STRING)
+
+    def set_int8(self, key: str, value: int) -> Any:
+        return self.set(key, value, ValueType.INT8)
+
+    def set_uint8(self, key: str, value: int) -> Any:
+        return self.set(key, value, ValueType.UINT8)
+
+    def set_int16(self, key: str, value: int) -> Any:
+        return self.set(key, value, ValueType.INT16)
+
+    def set_uint16(self, key: str, value: int) -> Any:
+        return self.set(key, value, ValueType.UINT16)
+
+    def set_int32(self, key: str, value: int) -> Any:
+        return self.set(key, value, ValueType.INT32)
+
+    def set_uint32(self, key: str, value: int) -> Any:
+        return self.set(key, value, ValueType.UINT32)
+
+    def set_int64(self, key: str, value: int) -> Any:
+        return self.set(key, value, ValueType.INT64)
+
+    def set_uint64(self, key: str, value: int) -> Any:
+        return self.set(key, value, ValueType.UINT64)
+
+    def set_float(self, key: str, value: float) -> Any:
+        return self.set(key, value, ValueType.FLOAT)
+
+    def set_double(self, key: str, value: float) -> Any:
+        return self.set(key, value, ValueType.DOUBLE)
+
+    def set_string(self, key: str, value: str) -> Any:
+        return self.set(key, value, ValueType.STRING)
+
+    def set_binary(self, key: str, value: bytes) -> Any:
+        return self.set(key, value, ValueType.BINARY)
 
 
-class Cmap(_CmapProtocol):
+def _info(res: proto.GetResponse, key: str) -> tuple[int, ValueType]:
+    try:
+        return res.value_len, ValueType(res.type)
+    except ValueError:
+        raise CsError(CsErrorCode.ERR_MESSAGE_ERROR, f"get {key}: unknown type {res.type}") from None
+
+
+class Cmap(_CmapProtocol, ServiceHandle):
     """A blocking cmap handle (libcmap's ``cmap_handle_t``).  Use as a context manager."""
 
     def __init__(self, client: IpcClient, context: Any = None) -> None:
-        super().__init__(context)
-        self._client = client
+        super().__init__(client, context)
 
     @classmethod
     def initialize(cls, map: MapId | int | None = None, *, context: Any = None,
@@ -275,115 +349,28 @@ class Cmap(_CmapProtocol):
         """Connect to the executive.  ``map`` selects the map like ``cmap_initialize_map``
         (one SET_CURRENT_MAP request); None keeps the default map without a request, like
         ``cmap_initialize``."""
-        try:
-            client = IpcClient.connect(SERVICE, ipc_dir=ipc_dir)
-        except IpcError as exc:
-            raise CsError(int(exc.cs_error), str(exc)) from None
-        handle = cls(client, context)
+        handle = cls(cls._connect(ipc_dir), context)
         if map is not None:
-            try:
-                handle._run(handle._plan_set_current_map(int(map)))
-            except BaseException:
-                handle.finalize()
-                raise
+            handle._start(handle._plan_set_current_map(int(map)))
         return handle
-
-    def _run(self, plan: Plan[Any]) -> Any:
-        if self._finalized:
-            raise CsError(CsErrorCode.ERR_BAD_HANDLE, "handle finalized")
-        return run_blocking(self._client, plan)
 
     # -- values -------------------------------------------------------------------------------
 
     def get(self, key: str) -> CmapValue:
         """The value of ``key`` with its type (CsError CS_ERR_NOT_EXIST if missing)."""
-        return self._run(self._plan_get(key))  # type: ignore[no-any-return]
+        return self._run(self._plan_get(key))
 
     def get_info(self, key: str) -> tuple[int, ValueType]:
         """(value length, type) without the value (one GET with a zero-length buffer)."""
-        res = self._run(self._plan_get_raw(key, 0))
-        try:
-            return res.value_len, ValueType(res.type)
-        except ValueError:
-            raise CsError(CsErrorCode.ERR_MESSAGE_ERROR,
-                          f"get {key}: unknown type {res.type}") from None
+        return _info(self._run(self._plan_get_raw(key, 0)), key)
 
     def get_typed(self, key: str, vtype: ValueType) -> Value:
         """The value of ``key``, which must have type ``vtype`` (else CS_ERR_INVALID_PARAM)."""
-        return self._run(self._plan_get_typed(key, vtype))  # type: ignore[no-any-return]
-
-    def get_int8(self, key: str) -> int:
-        return self.get_typed(key, ValueType.INT8)  # type: ignore[return-value]
-
-    def get_uint8(self, key: str) -> int:
-        return self.get_typed(key, ValueType.UINT8)  # type: ignore[return-value]
-
-    def get_int16(self, key: str) -> int:
-        return self.get_typed(key, ValueType.INT16)  # type: ignore[return-value]
-
-    def get_uint16(self, key: str) -> int:
-        return self.get_typed(key, ValueType.UINT16)  # type: ignore[return-value]
-
-    def get_int32(self, key: str) -> int:
-        return self.get_typed(key, ValueType.INT32)  # type: ignore[return-value]
-
-    def get_uint32(self, key: str) -> int:
-        return self.get_typed(key, ValueType.UINT32)  # type: ignore[return-value]
-
-    def get_int64(self, key: str) -> int:
-        return self.get_typed(key, ValueType.INT64)  # type: ignore[return-value]
-
-    def get_uint64(self, key: str) -> int:
-        return self.get_typed(key, ValueType.UINT64)  # type: ignore[return-value]
-
-    def get_float(self, key: str) -> float:
-        return self.get_typed(key, ValueType.FLOAT)  # type: ignore[return-value]
-
-    def get_double(self, key: str) -> float:
-        return self.get_typed(key, ValueType.DOUBLE)  # type: ignore[return-value]
-
-    def get_string(self, key: str) -> str:
-        return self.get_typed(key, ValueType.STRING)  # type: ignore[return-value]
+        return self._run(self._plan_get_typed(key, vtype))
 
     def set(self, key: str, value: Value, vtype: ValueType) -> None:
         """Create or replace ``key`` (STRING is sent without NUL, as ``cmap_set_string``)."""
         self._run(self._plan_set(key, value, vtype))
-
-    def set_int8(self, key: str, value: int) -> None:
-        self.set(key, value, ValueType.INT8)
-
-    def set_uint8(self, key: str, value: int) -> None:
-        self.set(key, value, ValueType.UINT8)
-
-    def set_int16(self, key: str, value: int) -> None:
-        self.set(key, value, ValueType.INT16)
-
-    def set_uint16(self, key: str, value: int) -> None:
-        self.set(key, value, ValueType.UINT16)
-
-    def set_int32(self, key: str, value: int) -> None:
-        self.set(key, value, ValueType.INT32)
-
-    def set_uint32(self, key: str, value: int) -> None:
-        self.set(key, value, ValueType.UINT32)
-
-    def set_int64(self, key: str, value: int) -> None:
-        self.set(key, value, ValueType.INT64)
-
-    def set_uint64(self, key: str, value: int) -> None:
-        self.set(key, value, ValueType.UINT64)
-
-    def set_float(self, key: str, value: float) -> None:
-        self.set(key, value, ValueType.FLOAT)
-
-    def set_double(self, key: str, value: float) -> None:
-        self.set(key, value, ValueType.DOUBLE)
-
-    def set_string(self, key: str, value: str) -> None:
-        self.set(key, value, ValueType.STRING)
-
-    def set_binary(self, key: str, value: bytes) -> None:
-        self.set(key, value, ValueType.BINARY)
 
     def delete(self, key: str) -> None:
         self._run(self._plan_delete(key))
@@ -399,11 +386,11 @@ class Cmap(_CmapProtocol):
 
     def iter_init(self, prefix: str = "") -> int:
         """Start an executive-side iteration over keys starting with ``prefix``."""
-        return self._run(self._plan_iter_init(prefix))  # type: ignore[no-any-return]
+        return self._run(self._plan_iter_init(prefix))
 
     def iter_next(self, iter_handle: int) -> IterEntry | None:
         """The next key of an iteration, None at its end (CS_ERR_NO_SECTIONS)."""
-        return self._run(self._plan_iter_next(iter_handle))  # type: ignore[no-any-return]
+        return self._run(self._plan_iter_next(iter_handle))
 
     def iter_finalize(self, iter_handle: int) -> None:
         self._run(self._plan_iter_finalize(iter_handle))
@@ -411,19 +398,8 @@ class Cmap(_CmapProtocol):
     def iter_prefix(self, prefix: str = "") -> Iterator[IterEntry]:
         """Keys starting with ``prefix`` in the executive's (sorted) order.  The executive-side
         iterator is finalized when the generator ends or is closed."""
-        handle = self.iter_init(prefix)
-        try:
-            while True:
-                entry = self.iter_next(handle)
-                if entry is None:
-                    return
-                yield entry
-        finally:
-            if not self._finalized and not self._client.closed:
-                try:
-                    self.iter_finalize(handle)
-                except CsError:
-                    pass
+        return self._iterate(self._plan_iter_init(prefix), self._plan_iter_next,
+                             self._plan_iter_finalize)
 
     def items(self, prefix: str = "") -> Iterator[tuple[str, CmapValue]]:
         """(key, value) for every key under ``prefix``; keys deleted meanwhile are skipped."""
@@ -440,98 +416,38 @@ class Cmap(_CmapProtocol):
                   user_data: Any = None) -> int:
         """Track ``key`` (or every key under it with ``TrackType.PREFIX``); ``callback`` gets a
         :class:`Notification` from :meth:`dispatch`.  Returns the track handle."""
-        return self._run(self._plan_track_add(key, track_type, callback,  # type: ignore
-                                              user_data))
+        return self._run(self._plan_track_add(key, track_type, callback, user_data))
 
     def track_delete(self, track_handle: int) -> None:
         self._run(self._plan_track_delete(track_handle))
 
-    # -- events -------------------------------------------------------------------------------
-
-    def fileno(self) -> int:
-        """The descriptor that becomes readable when notifications are pending."""
-        return self._client.fileno()
-
-    def dispatch(self, flags: DispatchFlags = DispatchFlags.ALL) -> int:
-        """Run callbacks for pending notifications; returns how many events were read.
-
-        ONE waits for one event; ALL handles what is queued without waiting;
-        ONE_NONBLOCKING handles at most one queued event; BLOCKING runs until the handle is
-        finalized (e.g. from a callback).  A lost connection raises CsError.
-        """
-        count = 0
-        wait: float | None = None if flags in (DispatchFlags.ONE, DispatchFlags.BLOCKING) else 0.0
-        while not self._finalized:
-            try:
-                event = self._client.recv_event(wait)
-            except IpcError as exc:
-                raise CsError(int(exc.cs_error), str(exc)) from None
-            if event is None:
-                break
-            count += 1
-            msg_id, _error, payload = event
-            decoded = self._notification(msg_id, payload)
-            if decoded is not None and decoded[1].callback is not None:
-                decoded[1].callback(decoded[0])
-            if flags in (DispatchFlags.ONE, DispatchFlags.ONE_NONBLOCKING):
-                break
-        return count
-
-    # -- context and teardown -----------------------------------------------------------------
-
-    def context_get(self) -> Any:
-        return self.context
-
-    def context_set(self, context: Any) -> None:
-        self.context = context
-
-    def finalize(self) -> None:
-        """Disconnect (libcmap sends no request for this).  Safe to call twice."""
-        self._finalized = True
-        self._client.close()
-
-    close = finalize
-
     def __enter__(self) -> "Cmap":
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.finalize()
 
-
-class AsyncCmap(_CmapProtocol):
-    """The trio flavour of :class:`Cmap`: the same calls, awaited."""
+class AsyncCmap(_CmapProtocol, AsyncServiceHandle):
+    """The trio flavour of :class:`Cmap`: the same calls, awaited; notifications from
+    :meth:`notifications` (the track's callback, if any, runs too)."""
 
     def __init__(self, client: AsyncIpcClient, context: Any = None) -> None:
-        super().__init__(context)
-        self._client = client
+        super().__init__(client, context)
 
     @classmethod
     async def initialize(cls, map: MapId | int | None = None, *, context: Any = None,
                          ipc_dir: str | os.PathLike[str] | None = None) -> "AsyncCmap":
-        try:
-            client = await AsyncIpcClient.connect(SERVICE, ipc_dir=ipc_dir)
-        except IpcError as exc:
-            raise CsError(int(exc.cs_error), str(exc)) from None
-        handle = cls(client, context)
+        handle = cls(await cls._connect(ipc_dir), context)
         if map is not None:
-            try:
-                await handle._run(handle._plan_set_current_map(int(map)))
-            except BaseException:
-                handle.finalize()
-                raise
+            await handle._start(handle._plan_set_current_map(int(map)))
         return handle
 
-    async def _run(self, plan: Plan[Any]) -> Any:
-        if self._finalized:
-            raise CsError(CsErrorCode.ERR_BAD_HANDLE, "handle finalized")
-        return await run_async(self._client, plan)
-
     async def get(self, key: str) -> CmapValue:
-        return await self._run(self._plan_get(key))  # type: ignore[no-any-return]
+        return await self._run(self._plan_get(key))
+
+    async def get_info(self, key: str) -> tuple[int, ValueType]:
+        return _info(await self._run(self._plan_get_raw(key, 0)), key)
 
     async def get_typed(self, key: str, vtype: ValueType) -> Value:
-        return await self._run(self._plan_get_typed(key, vtype))  # type: ignore
+        return await self._run(self._plan_get_typed(key, vtype))
 
     async def set(self, key: str, value: Value, vtype: ValueType) -> None:
         await self._run(self._plan_set(key, value, vtype))
@@ -545,62 +461,43 @@ class AsyncCmap(_CmapProtocol):
     async def dec(self, key: str) -> None:
         await self._run(self._plan_adjust(key, -1))
 
-    async def iter_prefix(self, prefix: str = "") -> AsyncIterator[IterEntry]:
-        handle = await self._run(self._plan_iter_init(prefix))
-        try:
-            while True:
-                entry = await self._run(self._plan_iter_next(handle))
-                if entry is None:
-                    return
-                yield entry
-        finally:
-            if not self._finalized and not self._client.client.closed:
+    async def iter_init(self, prefix: str = "") -> int:
+        return await self._run(self._plan_iter_init(prefix))
+
+    async def iter_next(self, iter_handle: int) -> IterEntry | None:
+        return await self._run(self._plan_iter_next(iter_handle))
+
+    async def iter_finalize(self, iter_handle: int) -> None:
+        await self._run(self._plan_iter_finalize(iter_handle))
+
+    def iter_prefix(self, prefix: str = "") -> AsyncIterator[IterEntry]:
+        return self._iterate(self._plan_iter_init(prefix), self._plan_iter_next,
+                             self._plan_iter_finalize)
+
+    async def items(self, prefix: str = "") -> AsyncIterator[tuple[str, CmapValue]]:
+        """(key, value) for every key under ``prefix``; keys deleted meanwhile are skipped.
+        Leaving early: wrap in ``contextlib.aclosing``."""
+        async with aclosing(self.iter_prefix(prefix)) as entries:
+            async for entry in entries:
                 try:
-                    await self._run(self._plan_iter_finalize(handle))
-                except CsError:
-                    pass
+                    yield entry.key, await self.get(entry.key)
+                except CsError as exc:
+                    if exc.code != CsErrorCode.ERR_NOT_EXIST:
+                        raise
 
     async def track_add(self, key: str, track_type: TrackType,
                         callback: NotifyCallback | None = None, user_data: Any = None) -> int:
         """Track like :meth:`Cmap.track_add`; the callback (optional here) runs for each
         notification that :meth:`notifications` yields."""
-        return await self._run(self._plan_track_add(key, track_type, callback,  # type: ignore
-                                                    user_data))
+        return await self._run(self._plan_track_add(key, track_type, callback, user_data))
 
     async def track_delete(self, track_handle: int) -> None:
         await self._run(self._plan_track_delete(track_handle))
 
-    def fileno(self) -> int:
-        return self._client.fileno()
-
-    async def notifications(self) -> AsyncIterator[Notification]:
-        """Every notification of this handle's tracks, until finalize or a lost link."""
-        while not self._finalized:
-            try:
-                event = await self._client.recv_event(None)
-            except IpcError as exc:
-                if self._finalized:
-                    return
-                raise CsError(int(exc.cs_error), str(exc)) from None
-            if event is None:
-                continue
-            decoded = self._notification(event[0], event[2])
-            if decoded is None:
-                continue
-            note, track = decoded
-            if track.callback is not None:
-                track.callback(note)
-            yield note
-
-    def finalize(self) -> None:
-        self._finalized = True
-        self._client.close()
-
-    close = finalize
+    def notifications(self) -> AsyncIterator[Notification]:
+        """Every notification of this handle's tracks, until finalize (a lost connection
+        raises CsError)."""
+        return self.events()
 
     async def __aenter__(self) -> "AsyncCmap":
         return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.finalize()
-

@@ -40,17 +40,15 @@ this process already joined, CS_ERR_TRY_AGAIN while the executive is busy, ...).
 from __future__ import annotations
 
 import enum
-import logging
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, Final, Union
 
-from corosync._common import (CsError, CsErrorCode, DispatchFlags, Pause, Plan,
-                              RateLimitedLog, Reply, Request, SendOnly, check, run_async,
-                              run_blocking)
+from corosync._common import (AsyncServiceHandle, CsError, CsErrorCode, DispatchFlags, Pause,
+                              Plan, Request, SendOnly, ServiceHandle, check, decode_reply)
 from corosync.lib.ipc import AsyncIpcClient, IpcClient, IpcError, pack_request
 from corosync.lib.proto import cpg as proto
-from corosync.lib.proto.common import CPG_MAX_NAME_LENGTH, ProtoError, RingId
+from corosync.lib.proto.common import CPG_MAX_NAME_LENGTH, RingId
 from corosync.lib.proto.cpg import (Address, ConfchgEvent, DeliverEvent, Guarantee,
                                     IterationDescription, IterationType, ModelFlags, Reason,
                                     TotemConfchgEvent)
@@ -62,8 +60,6 @@ __all__ = [
     "DeliverFn", "ConfchgFn", "TotemConfchgFn", "MAX_ATOMIC_MSGSIZE",
 ]
 
-log = logging.getLogger("corosync.cpg")
-_bad_input = RateLimitedLog(log)
 
 SERVICE: Final = "cpg"
 MAX_ATOMIC_MSGSIZE: Final = proto.MAX_ATOMIC_MSGSIZE
@@ -97,27 +93,19 @@ def _request(req: Any) -> Request:
     return Request(pack_request(req.ID, req.encode()))
 
 
-def _decode(cls: Any, reply: Reply, what: str) -> Any:
-    try:
-        return cls.decode(reply.payload)
-    except ProtoError as exc:
-        raise CsError(CsErrorCode.ERR_MESSAGE_ERROR, f"{what}: {exc}") from None
-
-
 class _CpgProtocol:
     """Call plans and event decoding shared by :class:`Cpg` and :class:`AsyncCpg`."""
 
-    def __init__(self, deliver: DeliverFn | None, confchg: ConfchgFn | None,
+    SERVICE = SERVICE
+
+    def __init__(self, client: Any, deliver: DeliverFn | None, confchg: ConfchgFn | None,
                  totem_confchg: TotemConfchgFn | None, flags: ModelFlags, context: Any) -> None:
+        super().__init__(client, context)  # type: ignore[call-arg]
         self.deliver_fn = deliver
         self.confchg_fn = confchg
         self.totem_confchg_fn = totem_confchg
         self.flags = ModelFlags(flags)
-        self.context = context
-        self._finalized = False
         self._assemblies: dict[tuple[int, int], tuple[int, bytearray]] = {}
-        #: Events the executive sent that could not be decoded or have an unknown id.
-        self.dropped_events = 0
 
     # -- plans --------------------------------------------------------------------------------
 
@@ -161,12 +149,12 @@ class _CpgProtocol:
     @staticmethod
     def _plan_membership(group: bytes | str) -> Plan[list[Address]]:
         reply = check((yield _request(proto.MembershipRequest(_group(group)))), "membership")
-        return list(_decode(proto.MembershipResponse, reply, "membership").members)
+        return list(decode_reply(proto.MembershipResponse, reply, "membership").members)
 
     @staticmethod
     def _plan_local_get() -> Plan[int]:
         reply = check((yield Request(pack_request(proto.ReqId.LOCAL_GET))), "local_get")
-        return _decode(proto.LocalGetResponse, reply, "local_get").local_nodeid  # type: ignore
+        return decode_reply(proto.LocalGetResponse, reply, "local_get").local_nodeid  # type: ignore
 
     @staticmethod
     def _plan_iter_init(itype: IterationType, group: bytes | str | None) -> Plan[int]:
@@ -174,7 +162,7 @@ class _CpgProtocol:
             raise CsError(CsErrorCode.ERR_INVALID_PARAM, "ONE_GROUP needs a group")
         req = proto.IterationInitializeRequest(int(itype), _group(group or b""))
         reply = check((yield _request(req)), "iteration_initialize")
-        return _decode(proto.IterationInitializeResponse, reply,  # type: ignore
+        return decode_reply(proto.IterationInitializeResponse, reply,  # type: ignore
                        "iteration_initialize").iteration_handle
 
     @staticmethod
@@ -182,7 +170,7 @@ class _CpgProtocol:
         reply = yield _request(proto.IterationNextRequest(handle))
         if reply is not None and reply.error == CsErrorCode.ERR_NO_SECTIONS:
             return None
-        return _decode(IterationDescription, check(reply, "iteration_next"),  # type: ignore
+        return decode_reply(IterationDescription, check(reply, "iteration_next"),  # type: ignore
                        "iteration_next")
 
     @staticmethod
@@ -196,19 +184,13 @@ class _CpgProtocol:
     # -- events -------------------------------------------------------------------------------
 
     def _decode_event(self, msg_id: int, payload: bytes) -> Event | None:
-        """One event, partial deliveries reassembled; None when dropped (malformed, unknown,
-        or a fragment that does not complete a message yet)."""
+        """One event, partial deliveries reassembled; None while a message is incomplete.
+        Unknown ids (the flow-control ids 6/8 too) and malformed events raise: the handle
+        drops and counts them."""
         cls = proto.EVENTS.get(msg_id)
         if cls is None:
-            self.dropped_events += 1
-            _bad_input.warning("id", "cpg: dropped event with unknown id %d", msg_id)
-            return None
-        try:
-            event = cls.decode(payload)
-        except ProtoError as exc:
-            self.dropped_events += 1
-            _bad_input.warning("malformed", "cpg: dropped malformed event %d: %s", msg_id, exc)
-            return None
+            raise ValueError(f"unknown cpg event id {msg_id}")
+        event = cls.decode(payload)
         if isinstance(event, proto.PartialDeliverEvent):
             return self._reassemble(event)
         if isinstance(event, ConfchgEvent):
@@ -227,10 +209,7 @@ class _CpgProtocol:
         buf += part.fragment
         if len(buf) > msglen:
             del self._assemblies[key]
-            self.dropped_events += 1
-            _bad_input.warning("partial", "cpg: dropped oversized partial message from %d/%d",
-                               *key)
-            return None
+            raise ValueError(f"oversized partial message from {key[0]}/{key[1]}")
         if part.type != proto.PartialType.LAST:
             return None
         del self._assemblies[key]
@@ -247,13 +226,11 @@ class _CpgProtocol:
         elif self.totem_confchg_fn is not None:
             self.totem_confchg_fn(self, event.ring_id, list(event.members))
 
+    def _goodbye(self) -> Plan[None]:
+        """libcpg sends FINALIZE before disconnecting."""
+        return self._plan_finalize()
+
     # -- local state --------------------------------------------------------------------------
-
-    def context_get(self) -> Any:
-        return self.context
-
-    def context_set(self, context: Any) -> None:
-        self.context = context
 
     @staticmethod
     def max_atomic_msgsize() -> int:
@@ -266,14 +243,13 @@ class _CpgProtocol:
         return FlowControlState.DISABLED
 
 
-class Cpg(_CpgProtocol):
+class Cpg(_CpgProtocol, ServiceHandle):
     """A blocking CPG handle (libcpg's ``cpg_handle_t``).  Use as a context manager."""
 
     def __init__(self, client: IpcClient, deliver: DeliverFn | None = None,
                  confchg: ConfchgFn | None = None, totem_confchg: TotemConfchgFn | None = None,
                  flags: ModelFlags = ModelFlags.NONE, context: Any = None) -> None:
-        super().__init__(deliver, confchg, totem_confchg, flags, context)
-        self._client = client
+        super().__init__(client, deliver, confchg, totem_confchg, flags, context)
 
     @classmethod
     def model_initialize(cls, *, deliver: DeliverFn | None = None,
@@ -283,11 +259,7 @@ class Cpg(_CpgProtocol):
                          ipc_dir: str | os.PathLike[str] | None = None) -> "Cpg":
         """Connect (no request is sent).  ``flags`` DELIVER_INITIAL_TOTEM_CONF asks for one
         totem confchg right after our own join."""
-        try:
-            client = IpcClient.connect(SERVICE, ipc_dir=ipc_dir)
-        except IpcError as exc:
-            raise CsError(int(exc.cs_error), str(exc)) from None
-        return cls(client, deliver, confchg, totem_confchg, flags, context)
+        return cls(cls._connect(ipc_dir), deliver, confchg, totem_confchg, flags, context)
 
     @classmethod
     def initialize(cls, deliver: DeliverFn | None = None, confchg: ConfchgFn | None = None, *,
@@ -295,11 +267,6 @@ class Cpg(_CpgProtocol):
                    ipc_dir: str | os.PathLike[str] | None = None) -> "Cpg":
         return cls.model_initialize(deliver=deliver, confchg=confchg, context=context,
                                     ipc_dir=ipc_dir)
-
-    def _run(self, plan: Plan[Any]) -> Any:
-        if self._finalized:
-            raise CsError(CsErrorCode.ERR_BAD_HANDLE, "handle finalized")
-        return run_blocking(self._client, plan)
 
     def join(self, group: bytes | str) -> None:
         """Join ``group`` (one group per handle).  Effective when our own confchg arrives."""
@@ -315,21 +282,20 @@ class Cpg(_CpgProtocol):
 
     def membership_get(self, group: bytes | str) -> list[Address]:
         """Current processes of ``group`` (sorted by node id, then pid)."""
-        return self._run(self._plan_membership(group))  # type: ignore[no-any-return]
+        return self._run(self._plan_membership(group))
 
     def local_get(self) -> int:
         """This node's id."""
-        return self._run(self._plan_local_get())  # type: ignore[no-any-return]
+        return self._run(self._plan_local_get())
 
     def iteration_initialize(self, iteration_type: IterationType = IterationType.ALL,
                              group: bytes | str | None = None) -> int:
         """Start an executive-side iteration; returns its handle."""
-        return self._run(self._plan_iter_init(IterationType(iteration_type),  # type: ignore
-                                              group))
+        return self._run(self._plan_iter_init(IterationType(iteration_type), group))
 
     def iteration_next(self, iteration_handle: int) -> IterationDescription | None:
         """The next entry, None at the end (CS_ERR_NO_SECTIONS)."""
-        return self._run(self._plan_iter_next(iteration_handle))  # type: ignore
+        return self._run(self._plan_iter_next(iteration_handle))
 
     def iteration_finalize(self, iteration_handle: int) -> None:
         self._run(self._plan_iter_finalize(iteration_handle))
@@ -339,22 +305,8 @@ class Cpg(_CpgProtocol):
         """Groups and members known to the executive (NAME_ONLY: one entry per group with
         nodeid = pid = 0; ONE_GROUP: the members of ``group``), finalized when the generator
         ends or is closed."""
-        handle = self.iteration_initialize(iteration_type, group)
-        try:
-            while True:
-                entry = self.iteration_next(handle)
-                if entry is None:
-                    return
-                yield entry
-        finally:
-            if not self._finalized and not self._client.closed:
-                try:
-                    self.iteration_finalize(handle)
-                except CsError:
-                    pass
-
-    def fileno(self) -> int:
-        return self._client.fileno()
+        return self._iterate(self._plan_iter_init(IterationType(iteration_type), group),
+                             self._plan_iter_next, self._plan_iter_finalize)
 
     def next_event(self, timeout: float | None = None) -> Event | None:
         """The next event without running callbacks (None after ``timeout`` seconds)."""
@@ -365,61 +317,22 @@ class Cpg(_CpgProtocol):
                 raise CsError(int(exc.cs_error), str(exc)) from None
             if raw is None:
                 return None
-            event = self._decode_event(raw[0], raw[2])
+            event = self._accept(raw)
             if event is not None:
-                return event
+                return event  # type: ignore[no-any-return]
         return None
-
-    def dispatch(self, flags: DispatchFlags = DispatchFlags.ALL) -> int:
-        """Run callbacks for pending events; returns how many events were read (same
-        semantics as :meth:`corosync.cmap.Cmap.dispatch`)."""
-        count = 0
-        wait: float | None = None if flags in (DispatchFlags.ONE, DispatchFlags.BLOCKING) else 0.0
-        while not self._finalized:
-            try:
-                raw = self._client.recv_event(wait)
-            except IpcError as exc:
-                raise CsError(int(exc.cs_error), str(exc)) from None
-            if raw is None:
-                break
-            count += 1
-            event = self._decode_event(raw[0], raw[2])
-            if event is not None:
-                self._callback(event)
-            if flags in (DispatchFlags.ONE, DispatchFlags.ONE_NONBLOCKING):
-                break
-        return count
-
-    def finalize(self) -> None:
-        """Send FINALIZE (as libcpg does) and disconnect.  Safe to call twice."""
-        if self._finalized:
-            return
-        try:
-            if not self._client.closed:
-                run_blocking(self._client, self._plan_finalize(), timeout=5.0)
-        except CsError:
-            pass
-        finally:
-            self._finalized = True
-            self._client.close()
-
-    close = finalize
 
     def __enter__(self) -> "Cpg":
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.finalize()
 
-
-class AsyncCpg(_CpgProtocol):
-    """The trio flavour of :class:`Cpg`."""
+class AsyncCpg(_CpgProtocol, AsyncServiceHandle):
+    """The trio flavour of :class:`Cpg`; events from :meth:`events`."""
 
     def __init__(self, client: AsyncIpcClient, deliver: DeliverFn | None = None,
                  confchg: ConfchgFn | None = None, totem_confchg: TotemConfchgFn | None = None,
                  flags: ModelFlags = ModelFlags.NONE, context: Any = None) -> None:
-        super().__init__(deliver, confchg, totem_confchg, flags, context)
-        self._client = client
+        super().__init__(client, deliver, confchg, totem_confchg, flags, context)
 
     @classmethod
     async def model_initialize(cls, *, deliver: DeliverFn | None = None,
@@ -427,21 +340,15 @@ class AsyncCpg(_CpgProtocol):
                                totem_confchg: TotemConfchgFn | None = None,
                                flags: ModelFlags = ModelFlags.NONE, context: Any = None,
                                ipc_dir: str | os.PathLike[str] | None = None) -> "AsyncCpg":
-        try:
-            client = await AsyncIpcClient.connect(SERVICE, ipc_dir=ipc_dir)
-        except IpcError as exc:
-            raise CsError(int(exc.cs_error), str(exc)) from None
-        return cls(client, deliver, confchg, totem_confchg, flags, context)
+        return cls(await cls._connect(ipc_dir), deliver, confchg, totem_confchg, flags,
+                   context)
 
     @classmethod
-    async def initialize(cls, *, context: Any = None,
+    async def initialize(cls, deliver: DeliverFn | None = None,
+                         confchg: ConfchgFn | None = None, *, context: Any = None,
                          ipc_dir: str | os.PathLike[str] | None = None) -> "AsyncCpg":
-        return await cls.model_initialize(context=context, ipc_dir=ipc_dir)
-
-    async def _run(self, plan: Plan[Any]) -> Any:
-        if self._finalized:
-            raise CsError(CsErrorCode.ERR_BAD_HANDLE, "handle finalized")
-        return await run_async(self._client, plan)
+        return await cls.model_initialize(deliver=deliver, confchg=confchg, context=context,
+                                          ipc_dir=ipc_dir)
 
     async def join(self, group: bytes | str) -> None:
         await self._run(self._plan_join(group))
@@ -453,63 +360,30 @@ class AsyncCpg(_CpgProtocol):
         await self._run(self._plan_mcast(guarantee, buffers))
 
     async def membership_get(self, group: bytes | str) -> list[Address]:
-        return await self._run(self._plan_membership(group))  # type: ignore[no-any-return]
+        return await self._run(self._plan_membership(group))
 
     async def local_get(self) -> int:
-        return await self._run(self._plan_local_get())  # type: ignore[no-any-return]
+        return await self._run(self._plan_local_get())
 
-    async def iteration(self, iteration_type: IterationType = IterationType.ALL,
-                        group: bytes | str | None = None
-                        ) -> AsyncIterator[IterationDescription]:
-        handle = await self._run(self._plan_iter_init(IterationType(iteration_type), group))
-        try:
-            while True:
-                entry = await self._run(self._plan_iter_next(handle))
-                if entry is None:
-                    return
-                yield entry
-        finally:
-            if not self._finalized and not self._client.client.closed:
-                try:
-                    await self._run(self._plan_iter_finalize(handle))
-                except CsError:
-                    pass
+    async def iteration_initialize(self, iteration_type: IterationType = IterationType.ALL,
+                                   group: bytes | str | None = None) -> int:
+        return await self._run(self._plan_iter_init(IterationType(iteration_type), group))
 
-    def fileno(self) -> int:
-        return self._client.fileno()
+    async def iteration_next(self, iteration_handle: int) -> IterationDescription | None:
+        return await self._run(self._plan_iter_next(iteration_handle))
 
-    async def events(self) -> AsyncIterator[Event]:
-        """Every event of this handle (callbacks given at initialization run too), until
-        finalize or a lost connection (CsError)."""
-        while not self._finalized:
-            try:
-                raw = await self._client.recv_event(None)
-            except IpcError as exc:
-                if self._finalized:
-                    return
-                raise CsError(int(exc.cs_error), str(exc)) from None
-            if raw is None:
-                continue
-            event = self._decode_event(raw[0], raw[2])
-            if event is None:
-                continue
-            self._callback(event)
-            yield event
+    async def iteration_finalize(self, iteration_handle: int) -> None:
+        await self._run(self._plan_iter_finalize(iteration_handle))
 
-    async def finalize(self) -> None:
-        if self._finalized:
-            return
-        try:
-            if not self._client.client.closed:
-                await run_async(self._client, self._plan_finalize(), timeout=5.0)
-        except CsError:
-            pass
-        finally:
-            self._finalized = True
-            self._client.close()
+    def iteration(self, iteration_type: IterationType = IterationType.ALL,
+                  group: bytes | str | None = None) -> AsyncIterator[IterationDescription]:
+        return self._iterate(self._plan_iter_init(IterationType(iteration_type), group),
+                             self._plan_iter_next, self._plan_iter_finalize)
+
+    async def finalize(self) -> None:  # type: ignore[override]
+        """Send FINALIZE (as libcpg does) and disconnect; what ``async with`` does on exit.
+        Safe to call twice."""
+        await self.aclose()
 
     async def __aenter__(self) -> "AsyncCpg":
         return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.finalize()
