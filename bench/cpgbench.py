@@ -302,16 +302,19 @@ def one_run(impl: str, args: argparse.Namespace, root: Path) -> dict[str, dict[s
                 senders = clients if mode == "all" else clients[:1]
                 per = max(1, n // len(senders))
                 total = per * len(senders)
+                cpu0 = daemon_cpu(daemons.values())
                 for c in clients:
                     c.send(f"phase {per if c in senders else 0} {size} {total}")
                 answers = [c.read(args.timeout) for c in clients]
+                cpu = daemon_cpu(daemons.values()) - cpu0
                 check_agreement(impl, f"{mode}/{size}", answers)
                 secs = max(a["last"] for a in answers) - min(a["t0"] for a in
                                                              answers[:len(senders)])
                 lats = sorted(x for a in answers[:len(senders)] for x in a["lats"])
                 res[f"{mode}/{size}"] = {
                     "msgs": total, "msgs_s": total / secs, "MB_s": total * size / secs / 1e6,
-                    "p50_ms": pct(lats, 50) * 1000, "p99_ms": pct(lats, 99) * 1000}
+                    "p50_ms": pct(lats, 50) * 1000, "p99_ms": pct(lats, 99) * 1000,
+                    "cpu_us": cpu / total * 1e6}
         ping_size = min(args.sizes)
         for c in clients:
             c.send(f"ping {args.pings} {ping_size} {args.pings}" if c is clients[0]
@@ -321,7 +324,7 @@ def one_run(impl: str, args: argparse.Namespace, root: Path) -> dict[str, dict[s
         lats = sorted(answers[0]["lats"])
         res[f"idle/{ping_size}"] = {"msgs": args.pings, "msgs_s": float("nan"),
                                     "MB_s": float("nan"), "p50_ms": pct(lats, 50) * 1000,
-                                    "p99_ms": pct(lats, 99) * 1000}
+                                    "p99_ms": pct(lats, 99) * 1000, "cpu_us": float("nan")}
         print(f"{impl}: final running hash per node after "
               f"{answers[0]['got']} deliveries:", flush=True)
         for i, a in enumerate(answers, 1):
@@ -339,6 +342,22 @@ def one_run(impl: str, args: argparse.Namespace, root: Path) -> dict[str, dict[s
                     os.kill(p.pid, signal.SIGKILL)
                     p.wait()
         localcluster.netns_down(state)
+
+
+def daemon_cpu(procs) -> float:
+    """User + system CPU seconds the daemons used so far (/proc/<pid>/stat; the Popen pid
+    is the daemon itself: ``ip netns exec``, ``unshare`` and ``sh -c 'exec ...'`` all exec).
+    Wall-clock rates depend on whatever else the machine runs; CPU per message does not."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for p in procs:
+        try:
+            with open(f"/proc/{p.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
 
 
 SIZES = (64, 1024, 16384, 262144)
@@ -425,8 +444,8 @@ def print_table(results: dict[str, list[dict[str, dict[str, float]]]]) -> None:
     print("\n" + head + " |")
     print(sep)
     for phase, row in first.items():
-        for metric in ("msgs_s", "MB_s", "p50_ms", "p99_ms"):
-            if row[metric] != row[metric]:  # nan: not measured for this phase
+        for metric in ("msgs_s", "MB_s", "p50_ms", "p99_ms", "cpu_us"):
+            if row.get(metric, float("nan")) != row.get(metric, float("nan")):  # nan: not measured
                 continue
             vals = [statistics.median(r[phase][metric] for r in results[i]) for i in impls]
             cells = [f"{v:.2f}" if v < 100 else f"{v:.0f}" for v in vals]

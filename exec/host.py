@@ -46,10 +46,16 @@ GROUP_A = b"a"
 GROUP_SYNC = b"sync"
 FC_OFF, FC_SYNC = 0, 2
 #: Queue use (fraction of Totem's send queue) above which every IPC connection gets flow
-#: control, and below which it is lifted again.  corosync's "critical" level is 90 %; we
-#: start earlier, where one maximum-size (1 MiB ≈ 25 % of the queue) message may no longer
-#: fit, so libcpg refuses sends with TRY_AGAIN instead of the executive dropping them.
+#: control, and below which it is lifted again: corosync's TOTEM_Q_LEVEL_CRITICAL (75 %,
+#: where one maximum-size message, 1 MiB ≈ 25 % of the queue, may no longer fit).  The
+#: backlog rule (:class:`Admission`) normally acts long before; this is the backstop when
+#: no backlog measurement is available.
 QUEUE_FC_ON, QUEUE_FC_OFF = 0.75, 0.6
+#: Admission bounds, in token visits' worth of this node's measured send rate: flow
+#: control goes on when the backlog reaches ADMIT_HIGH visits and off again at ADMIT_LOW.
+ADMIT_HIGH, ADMIT_LOW = 2.0, 1.0
+#: ... but never below this many packets (a tiny measured rate must not throttle to zero).
+ADMIT_MIN_PACKETS = 4
 
 LogFn = Callable[[LogLevel, str, str], None]
 
@@ -64,6 +70,55 @@ class HostStats:
     ipc_dropped: int = 0
     queue_fc_changes: int = 0
     dropped: dict[str, int] = field(factory=dict)
+
+
+@define
+class Admission:
+    """When to stop admitting ring traffic from IPC clients: a bound on the send backlog.
+
+    Why: every message accepted waits behind everything accepted before it.  corosync
+    pushes back only when Totem's queue is 75 % full (~2000 small messages); a daemon
+    slower than its clients then parks that many messages and each waits ~0.5 s.  The
+    bound here is *time*: the backlog (packets waiting for a token, :meth:`TotemPg.backlog`)
+    may reach ``high`` token visits' worth of what this node sends per visit
+    (:attr:`TotemPg.drain_per_visit`, measured while the queue was the limit), then every
+    IPC connection gets libqb flow control (libcpg answers CS_ERR_TRY_AGAIN, the server
+    holds requests already written) until the backlog is down to ``low`` visits.  The gap
+    is the hysteresis: clients are not flapped per message, and the queue still holds a
+    full visit's worth when it refills, so the ring never idles for want of input.
+
+    Nothing is ever refused *inside* the daemon for this: a message that reached a
+    service is queued (all-or-nothing, ``send_ok``), so nothing is lost or reordered; a
+    large message may overshoot the bound, the next ones wait.
+    """
+
+    high: float = ADMIT_HIGH
+    low: float = ADMIT_LOW
+    min_packets: int = ADMIT_MIN_PACKETS
+    #: currently refusing (flow control on)
+    refusing: bool = False
+
+    def bounds(self, per_visit: float) -> tuple[float, float]:
+        """(on, off) thresholds in packets for a measured rate of ``per_visit``."""
+        per = per_visit if per_visit > 1.0 else 1.0
+        on = self.high * per
+        if on < self.min_packets:
+            on = float(self.min_packets)
+        off = self.low * per
+        return on, off if off < on else on - 1
+
+    def update(self, backlog: int, per_visit: float) -> bool:
+        """Feed the current backlog (packets) and send rate (packets per token visit);
+        True when :attr:`refusing` changed."""
+        on, off = self.bounds(per_visit)
+        if self.refusing:
+            if backlog <= off:
+                self.refusing = False
+                return True
+        elif backlog >= on:
+            self.refusing = True
+            return True
+        return False
 
 
 class _Api:
@@ -109,9 +164,9 @@ class ServiceIpcHandler:
     def on_connect(self, conn: Any) -> bool:
         self.conns.append(conn)
         self.service.lib_init(conn)
-        level = self.host._fc_level(self.service)
+        level, hold = self.host._fc_level(self.service)
         if level:
-            _set_fc(conn, level)
+            _set_fc(conn, level, hold)
         return True
 
     def on_request(self, conn: Any, msg_id: int, payload: bytes) -> None:
@@ -152,9 +207,19 @@ class ServiceIpcHandler:
         self.service.lib_exit(conn)
 
 
-def _set_fc(conn: Any, level: int) -> None:
+def _set_fc(conn: Any, level: int, hold: bool = True) -> None:
+    """Set a connection's libqb flow-control word.  ``hold``: the server also stops
+    reading its requests (libqb's behaviour under RATE_OFF/OFF_2); without it requests
+    the client wrote before it saw the word are still taken in."""
     fn = getattr(conn, "set_flow_control", None)
-    if fn is not None:
+    if fn is None:
+        return
+    if hold:
+        fn(level)
+        return
+    try:
+        fn(level, hold=False)
+    except TypeError:  # a connection without the hold switch (test doubles)
         fn(level)
 
 
@@ -167,6 +232,17 @@ def _usage_from(send_ok: Callable[[int], bool] | None) -> Callable[[], float] | 
     if not callable(space) or not isinstance(total, int) or total <= 0:
         return None
     return lambda: 1.0 - space() / total
+
+
+def _load_from(send_ok: Callable[[int], bool] | None
+               ) -> Callable[[], tuple[int, float]] | None:
+    """(backlog packets, packets sent per token visit) read through ``send_ok``'s owner
+    when that is a TotemPg (``backlog()`` and ``drain_per_visit``) — the common wiring."""
+    pg = getattr(send_ok, "__self__", None)
+    backlog = getattr(pg, "backlog", None)
+    if not callable(backlog) or not isinstance(getattr(pg, "drain_per_visit", None), float):
+        return None
+    return lambda: (backlog(), pg.drain_per_visit)
 
 
 def default_services() -> list[type[Service]]:
@@ -196,6 +272,8 @@ class ServiceHost:
                  timer_add: Callable[[int, Callable[[], None]], Any] | None = None,
                  timer_del: Callable[[Any], None] | None = None,
                  queue_usage: Callable[[], float] | None = None,
+                 send_load: Callable[[], tuple[int, float]] | None = None,
+                 admission: Admission | None = None,
                  log_sync_completed: bool = True,
                  hooks: dict[str, Callable[..., Any]] | None = None) -> None:
         self.nodeid = nodeid
@@ -217,8 +295,15 @@ class ServiceHost:
         self._timer_add = timer_add
         self._timer_del = timer_del
         self._queue_usage = queue_usage if queue_usage is not None else _usage_from(send_ok)
-        #: Totem's send queue is (nearly) full: every connection is flow-controlled
+        #: () -> (backlog packets, packets per token visit), for :attr:`admission`
+        self._send_load = send_load if send_load is not None else _load_from(send_ok)
+        #: the backlog bound (see :class:`Admission`); idle without ``send_load``
+        self.admission = admission if admission is not None else Admission()
+        #: Totem's send path is saturated (backlog over the admission bound, or the queue
+        #: at corosync's critical level): every connection is flow-controlled
         self.queue_critical = False
+        #: ... because the queue itself is at the critical level (requests are held)
+        self._queue_full = False
         #: corosync refuses IPC connections (EAGAIN) until its first sync completed;
         #: ``on_ready`` fires once then (e.g. set every IpcServer's ``ready``)
         self.ready = False
@@ -383,19 +468,34 @@ class ServiceHost:
         self.check_queue()
 
     def check_queue(self) -> None:
-        """Flow-control every IPC connection while Totem's queue is nearly full (corosync's
-        TOTEM_Q_LEVEL_CRITICAL → QB_IPCS_RATE_OFF_2), lift it when it drained; see
-        :data:`QUEUE_FC_ON`.  Runs after flow-controlled requests and every :meth:`pump`."""
-        if self._queue_usage is None:
-            return
-        try:
-            usage = float(self._queue_usage())
-        except Exception:
-            return
-        critical = usage > QUEUE_FC_ON or (self.queue_critical and usage >= QUEUE_FC_OFF)
-        if critical != self.queue_critical:
-            self.queue_critical = critical
-            self.stats.queue_fc_changes += 1
+        """Flow-control every IPC connection while Totem's send path is saturated, lift it
+        when it drained (corosync: TOTEM_Q_LEVEL_CRITICAL → QB_IPCS_RATE_OFF_2).  Saturated
+        means the backlog is over the :class:`Admission` bound, or — the backstop — the
+        queue is over :data:`QUEUE_FC_ON` (then requests are also held).  Runs after
+        flow-controlled requests and every :meth:`pump` (so after every delivery), i.e.
+        at least once per token visit."""
+        load = self._send_load
+        if load is not None:
+            try:
+                backlog, per_visit = load()
+            except Exception:
+                pass
+            else:
+                self.admission.update(backlog, per_visit)
+        full = self._queue_full
+        usage_fn = self._queue_usage
+        if usage_fn is not None:
+            try:
+                usage = float(usage_fn())
+            except Exception:
+                usage = 0.0
+            full = usage > QUEUE_FC_ON or (full and usage >= QUEUE_FC_OFF)
+        refusing = full or (load is not None and self.admission.refusing)
+        if refusing != self.queue_critical or full != self._queue_full:
+            if refusing != self.queue_critical:
+                self.stats.queue_fc_changes += 1
+            self.queue_critical = refusing
+            self._queue_full = full
             self._apply_fc()
 
     def exec_exit(self) -> None:
@@ -440,18 +540,24 @@ class ServiceHost:
         self.sync_in_process = value
         self._apply_fc()
 
-    def _fc_level(self, svc: Service) -> int:
-        """libqb flow-control word for ``svc``'s connections (cs_ipcs_check_for_flow_control):
-        2 while the queue is critical, or while sync runs unless the service stays open."""
-        if self.queue_critical or (self.sync_in_process and not svc.ipc_during_sync):
-            return FC_SYNC
-        return FC_OFF
+    def _fc_level(self, svc: Service) -> tuple[int, bool]:
+        """libqb flow-control word for ``svc``'s connections (cs_ipcs_check_for_flow_control)
+        and whether the server holds their requests: 2 while sync runs (unless the service
+        stays open) or the queue is critical — held, as libqb does; 2 while only the
+        admission bound is exceeded — not held: requests already written are taken in, so
+        the backlog the bound measures includes them (held, they would wait uncounted in
+        the request ring while the lifted word let the client write more)."""
+        if self.sync_in_process and not svc.ipc_during_sync:
+            return FC_SYNC, True
+        if self.queue_critical:
+            return FC_SYNC, self._queue_full
+        return FC_OFF, True
 
     def _apply_fc(self) -> None:
         for handler in self.ipc_handlers.values():
-            level = self._fc_level(handler.service)
+            level, hold = self._fc_level(handler.service)
             for conn in handler.conns:
-                _set_fc(conn, level)
+                _set_fc(conn, level, hold)
 
     def _sync_completed(self) -> None:
         self.flush_stats()

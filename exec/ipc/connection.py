@@ -45,6 +45,7 @@ class Channel(Protocol):
     def try_send_response(self, message: bytes) -> bool: ...
     def try_send_event(self, message: bytes) -> bool: ...
     def has_backlog(self) -> bool: ...
+    def flush(self) -> None: ...
     async def wait_progress(self, delay: float) -> None: ...
     async def receive(self, conn: "IpcConnection") -> None: ...
     def set_flow_control(self, level: int) -> None: ...
@@ -90,11 +91,20 @@ class ShmChannel:
         return self._write(self.rings[1], message)
 
     def try_send_event(self, message: bytes) -> bool:
+        """Write the event into the ring; its notification byte is only *owed* here.
+
+        libqb's client reads one setup-socket byte per event, and only reads an event once
+        its byte arrived; a byte per event means a syscall and a client wake-up per event.
+        The connection's flusher sends every owed byte in one write once the task that
+        produced the events yields (e.g. after a token's worth of deliveries), so a burst
+        of events costs one syscall and wakes the client once."""
         if not self._write(self.rings[2], message):
             return False
         self._owed_bytes += 1
-        self._flush_bytes()
         return True
+
+    def flush(self) -> None:
+        self._flush_bytes()
 
     def _flush_bytes(self) -> None:
         while self._owed_bytes:
@@ -214,6 +224,9 @@ class SocketChannel:
     def has_backlog(self) -> bool:
         return False
 
+    def flush(self) -> None:
+        """Nothing is owed: every datagram is its own notification."""
+
     async def wait_progress(self, delay: float) -> None:
         # A connected unix datagram socket polls writable when the peer's queue has room;
         # before the lazy connect there is nothing to wait on but time.
@@ -325,6 +338,7 @@ class IpcConnection:
         self.max_event_backlog = 0
         self.close_reason = ""
         self._fc_level = 0
+        self._paused = False
         self._fc_clear = trio.Event()
         self._fc_clear.set()
         self._cleaned = False
@@ -366,8 +380,7 @@ class IpcConnection:
                 if self.channel.try_send_event(message):
                     self.events_sent += 1
                     stats.events += 1
-                    if self.channel.has_backlog():
-                        self._wake.set()   # notification bytes owed: the flusher sends them
+                    self._wake.set()   # notification bytes owed: the flusher sends them
                     return True
             except Disconnect as exc:
                 self.close(str(exc))
@@ -387,12 +400,16 @@ class IpcConnection:
         self._wake.set()
         return True
 
-    def set_flow_control(self, level: int) -> None:
+    def set_flow_control(self, level: int, hold: bool = True) -> None:
         """libqb's request flow control: 0 off, 1 the client refuses every send, 2 it refuses
-        only CPG mcast (what corosync sets during sync).  While non-zero the server also
-        stops processing this connection's requests (they wait, in order), like libqb."""
+        only CPG mcast (what corosync sets during sync).  While non-zero and ``hold`` the
+        server also stops processing this connection's requests (they wait, in order),
+        like libqb; with ``hold=False`` only the client is told (the executive's admission
+        bound: requests written before the client saw the word are still taken in)."""
         self._fc_level = level
-        if level == 0:
+        paused = level != 0 and hold
+        self._paused = paused
+        if not paused:
             self._fc_clear.set()
         elif self._fc_clear.is_set():
             self._fc_clear = trio.Event()
@@ -401,10 +418,10 @@ class IpcConnection:
 
     @property
     def paused(self) -> bool:
-        return self._fc_level != 0
+        return self._paused
 
     async def wait_unpaused(self) -> None:
-        while self._fc_level != 0:
+        while self._paused:
             await self._fc_clear.wait()
 
     def close(self, reason: str = "closed by service") -> None:
@@ -493,6 +510,7 @@ class IpcConnection:
             self._event_bytes -= len(self._events.popleft())
             self.events_sent += 1
             self.server.stats.events += 1
+        self.channel.flush()
 
     async def _flusher(self) -> None:
         delay = _RETRY_MIN

@@ -133,6 +133,7 @@ class PgStats:
     reassembled: int = 0  # delivered messages that spanned more than one packet
     throw_away_entered: int = 0  # broken continuations (real nodes' throw-away mode)
     straddle_aborts: int = 0  # own partial messages aborted and re-sent at a change
+    token_visits: int = 0  # token receptions seen through the hook
     dropped: dict[str, int] = field(factory=dict)
 
 
@@ -190,6 +191,16 @@ class TotemPg:
         #: the last single-group little-endian header received, and its groups tuple
         self._rx_hdr: tuple[bytes, tuple[bytes, ...]] = (b"\x01\x00\x01\x00a", (b"a",))
         self._now = 0
+        # Send-rate measurement for admission control (see :meth:`backlog`): Srp's queue
+        # capacity (its queue is empty now), and, as of the last token visit, how many
+        # packets were queued and how many we had handed over in total.
+        self._queue_cap = srp.queue_space()
+        self._queued_at_token = 0
+        self._tx_at_token = 0
+        self._max_per_visit = max(1, int(cfg.max_messages))
+        #: packets this node sent per token visit when it had more queued than it could
+        #: send (a moving average; starts at ``max_messages``, the most Srp ever sends)
+        self.drain_per_visit: float = float(self._max_per_visit)
         srp.token_received_hook = self._token_received
 
     # ------------------------------------------------------------------ Srp surface
@@ -386,15 +397,41 @@ class TotemPg:
         self._buf_size = 0
         self._send(0, cont, pieces, self._buf_guarantee, actions, now)
 
-    def _token_received(self) -> None:
-        """Srp hook, right before Srp sends new messages: flush the packing buffer.
+    def backlog(self) -> int:
+        """Packets waiting for a token: Srp's send queue plus a non-empty packing buffer.
 
-        Skipped when Srp's queue is full (the buffer then waits for the next token, as in
-        corosync).  Actions of the send are kept for the TotemPg call running the token.
+        With :attr:`drain_per_visit` this says how many token visits a message accepted
+        now waits before it goes out — what the service host's admission control bounds.
         """
-        if self._buf and self.srp.queue_space() > 0:
-            self.stats.token_flushes += 1
+        return self._queue_cap - self.srp.queue_space() + (1 if self._buf else 0)
+
+    def _token_received(self) -> None:
+        """Srp hook, right before Srp sends new messages: measure what the previous visit
+        sent, then flush the packing buffer.
+
+        The flush is skipped when Srp's queue is full (the buffer then waits for the next
+        token, as in corosync).  Actions of the send are kept for the TotemPg call running
+        the token.
+        """
+        stats = self.stats
+        stats.token_visits += 1
+        space = self.srp.queue_space
+        queued = self._queue_cap - space()
+        # what left the queue since the last visit = queued then + handed over since - now
+        sent = self._queued_at_token + (stats.packets_tx - self._tx_at_token) - queued
+        if 0 <= sent <= self._max_per_visit:
+            if self._queued_at_token > sent:
+                # Srp sent all it was allowed to and packets were left over: a sample of
+                # the ring's capacity for us (window share, max_messages, retransmits)
+                self.drain_per_visit += (max(sent, 1) - self.drain_per_visit) / 8
+            elif sent > self.drain_per_visit:
+                self.drain_per_visit = float(sent)  # it sent everything, and more than we thought
+        # else: the queue was switched (trans_ack) or rewritten; not a sample
+        if self._buf and space() > 0:
+            stats.token_flushes += 1
             self._flush(self._pending, self._now)
+        self._queued_at_token = self._queue_cap - space()
+        self._tx_at_token = stats.packets_tx
 
     # ------------------------------------------------------------------ receiving
     def _process(self, actions: list[Action], now: int) -> list[Action]:
