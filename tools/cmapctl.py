@@ -22,6 +22,7 @@ from corosync._common import (CsError, CsErrorCode, DispatchFlags, GetoptError, 
                               gnu_getopt)
 from corosync.cmap import (Cmap, CmapValue, IterEntry, MapId, Notification, TrackType,
                            ValueType)
+from corosync.lib.proto.cmap import int_range
 
 PROG: Final = "corosync-cmapctl"
 OPTSTRING: Final = "m:hqgsdDtTbp:C:"
@@ -187,13 +188,6 @@ def to_float32(x: float) -> float:
         return float("inf") if x > 0 else float("-inf")
 
 
-_RANGES: Final = {
-    ValueType.INT8: (-(1 << 7), (1 << 7) - 1), ValueType.INT16: (-(1 << 15), (1 << 15) - 1),
-    ValueType.INT32: (-(1 << 31), (1 << 31) - 1), ValueType.UINT8: (0, 0xFF),
-    ValueType.UINT16: (0, 0xFFFF), ValueType.UINT32: (0, 0xFFFFFFFF),
-}
-
-
 def _fgets_chunks(f: IO[bytes], size: int = 1024) -> Iterator[bytes]:
     """What ``fgets(buf, 1024, f)`` returns: lines, with lines of 1024 bytes or more cut into
     1023-byte pieces that the C tool then handles as lines of their own."""
@@ -220,8 +214,10 @@ class ToolExit(Exception):
 
 class CmapCtl:
     def __init__(self, out: IO[bytes], err: IO[bytes], stdin: IO[bytes],
-                 connect: Callable[[MapId], Cmap], sleep: Callable[[float], None]) -> None:
+                 connect: Callable[[MapId], Cmap], sleep: Callable[[float], None],
+                 prog: str = PROG) -> None:
         self.out, self.err, self.stdin = out, err, stdin
+        self.prog = prog  # argv[0], which getopt's messages start with
         self.connect = connect
         self.sleep = sleep
         self.quiet = False
@@ -331,8 +327,8 @@ class CmapCtl:
             parsed = 0
         if parsed is None:
             self.fail(f"{value_s} is not valid {type_s} type value\n")
-        if vtype in _RANGES:
-            lo, hi = _RANGES[vtype]
+        if vtype.is_integer:  # (64-bit values saturated while scanning: always in range)
+            lo, hi = int_range(vtype)
             if not lo <= parsed <= hi:  # type: ignore[operator]
                 self.fail(f"{value_s} is not valid {vtype.tag} integer\n")
         if vtype is ValueType.STRING:
@@ -460,7 +456,7 @@ class CmapCtl:
         clear_opt = ""
         operands: list[str] = []
         try:
-            for item in gnu_getopt(argv, OPTSTRING, PROG):
+            for item in gnu_getopt(argv, OPTSTRING, self.prog):
                 if isinstance(item, list):
                     operands = item
                     break
@@ -564,11 +560,16 @@ def _c_signals() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``argv`` without the program name.  From the command line (argv None) getopt errors
+    name the program as ``sys.argv[0]``, like glibc names argv[0] (a console script's path
+    as it was started); otherwise as :data:`PROG`."""
     _c_signals()
     tool = CmapCtl(sys.stdout.buffer, sys.stderr.buffer, sys.stdin.buffer,
-                   connect=lambda m: Cmap.initialize(m), sleep=time.sleep)
+                   connect=lambda m: Cmap.initialize(m), sleep=time.sleep,
+                   prog=sys.argv[0] if argv is None and sys.argv[0] else PROG)
     return tool.main(sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # python -m: argv[0] is this file's path, so the command's own name stands in for it
+    sys.exit(main(sys.argv[1:]))

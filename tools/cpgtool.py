@@ -127,7 +127,9 @@ class CfgAddrs:
         self.client.close()
 
 
-def run(argv: list[str], out: IO[bytes], err: IO[bytes]) -> int:
+def run(argv: list[str], out: IO[bytes], err: IO[bytes], prog: str = PROG) -> int:
+    """The tool on ``argv`` (without the program name); ``prog`` is the argv[0] getopt's
+    messages start with."""
     delimiter = b""
     escape = True
     names_only = False
@@ -138,7 +140,7 @@ def run(argv: list[str], out: IO[bytes], err: IO[bytes]) -> int:
         err.flush()
 
     try:
-        for item in gnu_getopt(argv, OPTSTRING, PROG):
+        for item in gnu_getopt(argv, OPTSTRING, prog):
             if isinstance(item, list):
                 break
             opt, arg = item
@@ -230,11 +232,17 @@ def show_members(cpg: Cpg, delimiter: bytes, escape: bool, lookup: AddrLookup, o
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``argv`` without the program name.  From the command line (argv None) getopt errors
+    name the program as ``sys.argv[0]``, like glibc names argv[0] (a console script's path
+    as it was started); otherwise as :data:`PROG`."""
     # like the C tool: a closed pipe or ^C ends the process silently, no traceback
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-    return run(sys.argv[1:] if argv is None else argv, sys.stdout.buffer, sys.stderr.buffer)
+    prog = sys.argv[0] if argv is None and sys.argv[0] else PROG
+    return run(sys.argv[1:] if argv is None else argv, sys.stdout.buffer, sys.stderr.buffer,
+               prog)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # python -m: argv[0] is this file's path, so the command's own name stands in for it
+    sys.exit(main(sys.argv[1:]))

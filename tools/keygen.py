@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from typing import Optional, TextIO
 
 PROG = "corosync-keygen"
@@ -57,14 +58,16 @@ class _Exit(Exception):
         self.message = message
 
 
-def _parse_options(argv: list[str], err: TextIO) -> list[tuple[str, Optional[str]]]:
-    """Split argv into (long option name, argument) pairs, in order, getopt_long style.
+def _parse_options(argv: list[str], err: TextIO, prog: str = PROG
+                   ) -> Iterator[tuple[str, Optional[str]]]:
+    """(long option name, argument) pairs, one at a time in order, getopt_long style.
 
-    Errors print glibc's getopt diagnostics and yield ("?", None), the way getopt returns
-    '?' and lets the caller continue to its default case.  Non-option arguments are
-    ignored, as the real tool ignores them.
+    Errors print glibc's getopt diagnostics (starting with ``prog``, argv[0]) and yield
+    ("?", None), the way getopt returns '?' and lets the caller continue to its default
+    case.  Lazily, like getopt: the tool stops at -h or at an error, and whatever follows
+    is never looked at (nor complained about).  Non-option arguments are ignored, as the
+    real tool ignores them.
     """
-    out: list[tuple[str, Optional[str]]] = []
     i = 0
     while i < len(argv):
         arg = argv[i]
@@ -76,30 +79,30 @@ def _parse_options(argv: list[str], err: TextIO) -> list[tuple[str, Optional[str
             known = LONG_WITH_ARG | LONG_FLAGS
             matches = sorted(n for n in known if n.startswith(name)) if name not in known else [name]
             if not matches:
-                err.write(f"{PROG}: unrecognized option '--{name}'\n")
-                out.append(("?", None))
+                err.write(f"{prog}: unrecognized option '--{name}'\n")
+                yield "?", None
                 continue
             if len(matches) > 1:
-                err.write(f"{PROG}: option '--{name}' is ambiguous; possibilities:"
+                err.write(f"{prog}: option '--{name}' is ambiguous; possibilities:"
                           + "".join(f" '--{m}'" for m in matches) + "\n")
-                out.append(("?", None))
+                yield "?", None
                 continue
             full = matches[0]
             if full in LONG_FLAGS:
                 if eq:
-                    err.write(f"{PROG}: option '--{full}' doesn't allow an argument\n")
-                    out.append(("?", None))
+                    err.write(f"{prog}: option '--{full}' doesn't allow an argument\n")
+                    yield "?", None
                 else:
-                    out.append((full, None))
+                    yield full, None
                 continue
             if not eq:
                 if i >= len(argv):
-                    err.write(f"{PROG}: option '--{full}' requires an argument\n")
-                    out.append(("?", None))
+                    err.write(f"{prog}: option '--{full}' requires an argument\n")
+                    yield "?", None
                     continue
                 value = argv[i]
                 i += 1
-            out.append((full, value))
+            yield full, value
             continue
         if arg.startswith("-") and len(arg) > 1:
             pos = 1
@@ -107,23 +110,22 @@ def _parse_options(argv: list[str], err: TextIO) -> list[tuple[str, Optional[str
                 ch = arg[pos]
                 pos += 1
                 if ch in SHORT_FLAGS:
-                    out.append((SHORT_FLAGS[ch], None))
+                    yield SHORT_FLAGS[ch], None
                 elif ch in SHORT_WITH_ARG:
                     if pos < len(arg):
-                        out.append((SHORT_WITH_ARG[ch], arg[pos:]))
+                        yield SHORT_WITH_ARG[ch], arg[pos:]
                     elif i < len(argv):
-                        out.append((SHORT_WITH_ARG[ch], argv[i]))
+                        yield SHORT_WITH_ARG[ch], argv[i]
                         i += 1
                     else:
-                        err.write(f"{PROG}: option requires an argument -- '{ch}'\n")
-                        out.append(("?", None))
+                        err.write(f"{prog}: option requires an argument -- '{ch}'\n")
+                        yield "?", None
                     break
                 else:
-                    err.write(f"{PROG}: invalid option -- '{ch}'\n")
-                    out.append(("?", None))
+                    err.write(f"{prog}: invalid option -- '{ch}'\n")
+                    yield "?", None
             continue
         # a non-option argument: skipped (getopt permutes it to the end; nobody reads it)
-    return out
 
 
 def _parse_size(text: str) -> Optional[int]:
@@ -203,12 +205,14 @@ def _write_key(keyfile: str, key: bytes, out: TextIO) -> None:
                 pass
 
 
-def run(argv: list[str], out: TextIO, err: TextIO) -> int:
+def run(argv: list[str], out: TextIO, err: TextIO, prog: str = PROG) -> int:
+    """The tool on ``argv`` (without the program name); ``prog`` is its argv[0]: getopt's
+    messages start with it, err()/errx()'s with its base name."""
     keyfile: Optional[str] = None
     random_path = DEFAULT_RANDOM
     size = DEFAULT_SIZE
     try:
-        for name, value in _parse_options(argv, err):
+        for name, value in _parse_options(argv, err, prog):
             if name == "key-file":
                 keyfile = value
             elif name == "random-file":
@@ -242,14 +246,19 @@ def run(argv: list[str], out: TextIO, err: TextIO) -> int:
     except _Exit as exc:
         out.flush()
         if exc.message is not None:
-            err.write(f"{PROG}: {exc.message}\n")
+            err.write(f"{os.path.basename(prog)}: {exc.message}\n")
             err.flush()
         return exc.code
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    return run(sys.argv[1:] if argv is None else argv, sys.stdout, sys.stderr)
+    """``argv`` without the program name.  From the command line (argv None) the program is
+    named as ``sys.argv[0]``, like glibc names argv[0] (a console script's path as it was
+    started); otherwise as :data:`PROG`."""
+    prog = sys.argv[0] if argv is None and sys.argv[0] else PROG
+    return run(sys.argv[1:] if argv is None else argv, sys.stdout, sys.stderr, prog)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # python -m: argv[0] is this file's path, so the command's own name stands in for it
+    sys.exit(main(sys.argv[1:]))

@@ -15,7 +15,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import IO, Final
+from typing import IO, Final, TypeVar
 
 from attrs import define
 
@@ -33,6 +33,8 @@ OPTSTRING: Final = "VHaslpmfe:v:hin:o:"
 EXIT_NOT_QUORATE: Final = 2
 INT_MAX: Final = 2**31 - 1
 UINT_MAX: Final = 2**32 - 1
+
+T = TypeVar("T")
 
 
 def usage(prog: str = PROG) -> str:
@@ -165,6 +167,10 @@ def resolve(addr: str, numeric: bool) -> str:
         return addr
 
 
+class Failed(Exception):
+    """A library call failed and its message is printed: the command ends with exit code 1."""
+
+
 class Tool:
     """The connections and the state the C tool keeps in globals."""
 
@@ -184,33 +190,37 @@ class Tool:
 
     # -- connections -----------------------------------------------------------------------
     def init_all(self) -> bool:
-        try:
-            self.cmap = Cmap.initialize()
-        except CsError:
-            self.err.write("Cannot initialize CMAP service\n")
+        """Connect like the C tool: cmap, quorum, cfg, and votequorum when it is the
+        provider; False after printing which step failed."""
+        def step(complaint: str, call: Callable[[], T]) -> T | None:
+            try:
+                return call()
+            except CsError:
+                self.err.write(complaint + "\n")
+                return None
+
+        self.cmap = step("Cannot initialize CMAP service", Cmap.initialize)
+        if self.cmap is None:
             return False
-        try:
-            self.quorum = Quorum.initialize(notify=self._on_quorum)
-        except CsError:
-            self.err.write("Cannot initialize QUORUM service\n")
+        self.quorum = step("Cannot initialize QUORUM service",
+                           lambda: Quorum.initialize(notify=self._on_quorum))
+        if self.quorum is None:
             return False
-        try:
-            self.cfg = Cfg.initialize()
-        except CsError:
-            self.err.write("Cannot initialise CFG service\n")
+        self.cfg = step("Cannot initialise CFG service", Cfg.initialize)
+        if self.cfg is None:
             return False
         if self.using_votequorum() <= 0:
             return True
-        try:
-            self.vq = Votequorum.initialize(nodelist=self._on_vq_nodelist)
-        except CsError:
-            self.err.write("Cannot initialise VOTEQUORUM service\n")
+        self.vq = step("Cannot initialise VOTEQUORUM service",
+                       lambda: Votequorum.initialize(nodelist=self._on_vq_nodelist))
+        if self.vq is None:
             return False
-        try:
-            self.our_nodeid = self.cmap.get_uint32("runtime.votequorum.this_node_id")
-        except CsError:
-            self.err.write("Unable to retrieve this_node_id\n")
+        cmap = self.cmap
+        nodeid = step("Unable to retrieve this_node_id",
+                      lambda: cmap.get_uint32("runtime.votequorum.this_node_id"))
+        if nodeid is None:
             return False
+        self.our_nodeid = nodeid
         return True
 
     def close_all(self) -> None:
@@ -338,37 +348,56 @@ class Tool:
         self.display_nodes(numeric, hex_ids, sort)
         return int(err)
 
-    def _wait_quorum(self) -> None:
-        assert self.quorum is not None
-        self.last = None
-        while self.last is None:
-            self.quorum.dispatch(DispatchFlags.ONE)
+    def _check(self, what: str, call: Callable[[], T]) -> T:
+        """``call()``; a CsError prints ``<what>: <cs_strerror>`` like the C tool and raises
+        :class:`Failed`."""
+        try:
+            return call()
+        except CsError as exc:
+            self.err.write(f"{what}: {cs_strerror(int(exc.code))}\n")
+            raise Failed from None
 
-    def _wait_vq(self) -> None:
-        assert self.vq is not None
+    def _track_quorum(self, flags: TrackFlags) -> None:
+        quorum = self.quorum
+        assert quorum is not None
+        self._check("Unable to start quorum status tracking", lambda: quorum.trackstart(flags))
+
+    def _track_votequorum(self, flags: TrackFlags) -> None:
+        vq = self.vq
+        assert vq is not None
+        self._check("Unable to start votequorum status tracking",
+                    lambda: vq.trackstart(0, flags))
+
+    def _wait_quorum(self) -> None:
+        """Dispatch until the next quorum notification (it lands in ``self.last``)."""
+        quorum = self.quorum
+        assert quorum is not None
+        self.last = None
+
+        def wait() -> None:
+            while self.last is None:
+                quorum.dispatch(DispatchFlags.ONE)
+        self._check("Unable to dispatch quorum status", wait)
+
+    def _wait_votequorum(self) -> None:
+        """Dispatch until the next votequorum node-list notification (its ring node id)."""
+        vq = self.vq
+        assert vq is not None
         self.vq_called = False
-        while not self.vq_called:
-            self.vq.dispatch(DispatchFlags.ONE)
+
+        def wait() -> None:
+            while not self.vq_called:
+                vq.dispatch(DispatchFlags.ONE)
+        self._check("Unable to dispatch votequorum status", wait)
 
     def show_status(self, numeric: bool, hex_ids: bool, sort: str) -> int:
-        assert self.quorum is not None
+        quorum = self.quorum
+        assert quorum is not None
+        quorate = self._check("Unable to get cluster quorate status", quorum.getquorate)
+        self._track_quorum(TrackFlags.CURRENT)
+        self._wait_quorum()
         try:
-            quorate = self.quorum.getquorate()
-        except CsError as exc:
-            self.err.write(f"Unable to get cluster quorate status: {cs_strerror(int(exc.code))}\n")
-            return 1
-        try:
-            self.quorum.trackstart(TrackFlags.CURRENT)
-        except CsError as exc:
-            self.err.write(f"Unable to start quorum status tracking: {cs_strerror(int(exc.code))}\n")
-            return 1
-        try:
-            self._wait_quorum()
-        except CsError as exc:
-            self.err.write(f"Unable to dispatch quorum status: {cs_strerror(int(exc.code))}\n")
-            return 1
-        try:
-            self.quorum.trackstop()
+            quorum.trackstop()
         except CsError:
             self.err.write("Unable to stop quorum status tracking: success\n")
         if self.using_votequorum():  # -1 ("no provider") is true here, as in the C tool
@@ -376,34 +405,15 @@ class Tool:
                 self.err.write("Unable to start votequorum status tracking: "
                                "CS_ERR_BAD_HANDLE\n")
                 return 1
-            try:
-                self.vq.trackstart(0, TrackFlags.CURRENT)
-            except CsError as exc:
-                self.err.write(f"Unable to start votequorum status tracking: "
-                               f"{cs_strerror(int(exc.code))}\n")
-                return 1
-            try:
-                self._wait_vq()
-            except CsError as exc:
-                self.err.write(f"Unable to dispatch votequorum status: "
-                               f"{cs_strerror(int(exc.code))}\n")
-                return 1
+            self._track_votequorum(TrackFlags.CURRENT)
+            self._wait_votequorum()
         if self.display_quorum(quorate, numeric, hex_ids, sort) != CsErrorCode.OK:
             return 1
         return 0 if quorate else EXIT_NOT_QUORATE
 
     def show_nodes(self, numeric: bool, hex_ids: bool, sort: str) -> int:
-        assert self.quorum is not None
-        try:
-            self.quorum.trackstart(TrackFlags.CURRENT)
-        except CsError as exc:
-            self.err.write(f"Unable to start quorum status tracking: {cs_strerror(int(exc.code))}\n")
-            return 1
-        try:
-            self._wait_quorum()
-        except CsError as exc:
-            self.err.write(f"Unable to dispatch quorum status: {cs_strerror(int(exc.code))}\n")
-            return 1
+        self._track_quorum(TrackFlags.CURRENT)
+        self._wait_quorum()
         self.display_nodes(numeric, hex_ids, sort)
         return 0
 
@@ -414,33 +424,14 @@ class Tool:
         if self.quorum.quorum_type == QUORUM_FREE:
             self.out.write("\nQuorum is not configured - cannot monitor\n")
             return self.show_status(numeric, hex_ids, sort)
-        try:
-            self.quorum.trackstart(TrackFlags.CHANGES)
-        except CsError as exc:
-            self.err.write(f"Unable to start quorum status tracking: {cs_strerror(int(exc.code))}\n")
-            return 1
+        self._track_quorum(TrackFlags.CHANGES)
         if self.using_votequorum():
-            assert self.vq is not None
-            try:
-                self.vq.trackstart(0, TrackFlags.CHANGES)
-            except CsError as exc:
-                self.err.write(f"Unable to start votequorum status tracking: "
-                               f"{cs_strerror(int(exc.code))}\n")
-                return 1
+            self._track_votequorum(TrackFlags.CHANGES)
         done = 0
         while rounds is None or done < rounds:
-            try:
-                self._wait_quorum()
-            except CsError as exc:
-                self.err.write(f"Unable to dispatch quorum status: {cs_strerror(int(exc.code))}\n")
-                return 1
+            self._wait_quorum()
             if self.using_votequorum():
-                try:
-                    self._wait_vq()
-                except CsError as exc:
-                    self.err.write(f"Unable to dispatch votequorum status: "
-                                   f"{cs_strerror(int(exc.code))}\n")
-                    return 1
+                self._wait_votequorum()
             assert self.last is not None
             err = self.display_quorum(self.last.quorate, numeric, hex_ids, sort)
             self.out.write("\n")
@@ -452,38 +443,26 @@ class Tool:
         return 0
 
     def set_votes(self, nodeid: int, votes: int) -> int:
-        assert self.vq is not None
-        try:
-            self.vq.setvotes(nodeid, votes)
-        except CsError as exc:
-            self.err.write(f"Unable to set votes {votes} for nodeid: {nodeid}: "
-                           f"{cs_strerror(int(exc.code))}\n")
-            return 1
+        vq = self.vq
+        assert vq is not None
+        self._check(f"Unable to set votes {votes} for nodeid: {nodeid}",
+                    lambda: vq.setvotes(nodeid, votes))
         return 0
 
     def set_expected(self, expected: int) -> int:
-        assert self.vq is not None
-        try:
-            self.vq.setexpected(expected)
-        except CsError as exc:
-            self.err.write(f"Unable to set expected votes: {cs_strerror(int(exc.code))}\n")
-            return 1
+        vq = self.vq
+        assert vq is not None
+        self._check("Unable to set expected votes", lambda: vq.setexpected(expected))
         return 0
 
     def unregister_qdevice(self) -> int:
-        assert self.vq is not None
-        try:
-            info = self.vq.getinfo(self.our_nodeid)
-        except CsError as exc:
-            self.err.write(f"Unable to get quorum device info: {cs_strerror(int(exc.code))}\n")
-            return 1
-        if not info.flags & vp.INFO_QDEVICE_REGISTERED:
-            return 0
-        try:
-            self.vq.qdevice_unregister(info.qdevice_name)
-        except CsError as exc:
-            self.err.write(f"Unable to unregister quorum device: {cs_strerror(int(exc.code))}\n")
-            return 1
+        vq = self.vq
+        assert vq is not None
+        info = self._check("Unable to get quorum device info",
+                           lambda: vq.getinfo(self.our_nodeid))
+        if info.flags & vp.INFO_QDEVICE_REGISTERED:
+            self._check("Unable to unregister quorum device",
+                        lambda: vq.qdevice_unregister(info.qdevice_name))
         return 0
 
 
@@ -496,61 +475,61 @@ def strtonum(text: str, low: int, high: int) -> int | None:
     return value if low <= value <= high else None
 
 
-def main(argv: list[str] | None = None, out: IO[str] | None = None,
-         err: IO[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    out = out or sys.stdout
-    err = err or sys.stderr
-    prog = PROG
-    command, votes, nodeid, nodeid_set = "status", 0, 0, False
-    numeric = hex_ids = False
-    sort = "a"
-    tool = Tool(out, err)
+@define
+class Options:
+    """What the command line asks for (the C tool's globals after its getopt loop)."""
+
+    command: str = "status"
+    votes: int = 0
+    nodeid: int | None = None      # -n; None: this node
+    numeric: bool = False          # -i
+    hex_ids: bool = False          # -H
+    show_all_addrs: bool = False   # -a
+    machine_parsable: bool = False  # -p
+    sort: str = "a"                # -o
+
+
+#: Options that only pick the command.
+_COMMANDS: Final = {"f": "unregister", "s": "status", "m": "monitor", "l": "nodes"}
+#: Options that only switch a flag on.
+_FLAGS: Final = {"a": "show_all_addrs", "i": "numeric", "H": "hex_ids", "p": "machine_parsable"}
+#: -e/-v/-n: the range of the number and the complaint when it is not in it.
+_NUMBERS: Final = {
+    "e": (1, INT_MAX, "New expected votes value was not valid, try a positive number"),
+    "v": (0, INT_MAX, "New votes value was not valid, try a positive number or zero"),
+    "n": (1, UINT_MAX, "The nodeid was not valid, try a positive number"),
+}
+
+
+def parse_options(args: list[str], prog: str, out: IO[str], err: IO[str]) -> Options | int:
+    """The options in command-line order, as the C tool's getopt loop handles them; an exit
+    code instead when an option ends the tool (-h, -V, an error)."""
+    opts = Options()
     try:
         for item in gnu_getopt(args, OPTSTRING, prog):
             if isinstance(item, list):
                 continue
             opt, val = item
-            if opt == "f":
-                command = "unregister"
-            elif opt == "s":
-                command = "status"
-            elif opt == "a":
-                tool.show_all_addrs = True
-            elif opt == "m":
-                command = "monitor"
-            elif opt == "i":
-                numeric = True
-            elif opt == "H":
-                hex_ids = True
-            elif opt == "l":
-                command = "nodes"
-            elif opt == "p":
-                tool.machine_parsable = True
-            elif opt == "e":
-                n = strtonum(val or "", 1, INT_MAX)
-                if n is None:
-                    err.write("New expected votes value was not valid, try a positive number\n")
+            if opt in _COMMANDS:
+                opts.command = _COMMANDS[opt]
+            elif opt in _FLAGS:
+                setattr(opts, _FLAGS[opt], True)
+            elif opt in _NUMBERS:
+                low, high, complaint = _NUMBERS[opt]
+                number = strtonum(val or "", low, high)
+                if number is None:
+                    err.write(complaint + "\n")
                     return 1
-                votes, command = n, "expected"
-            elif opt == "n":
-                n = strtonum(val or "", 1, UINT_MAX)
-                if n is None:
-                    err.write("The nodeid was not valid, try a positive number\n")
-                    return 1
-                nodeid, nodeid_set = n, True
-            elif opt == "v":
-                n = strtonum(val or "", 0, INT_MAX)
-                if n is None:
-                    err.write("New votes value was not valid, try a positive number or zero\n")
-                    return 1
-                votes, command = n, "votes"
+                if opt == "n":
+                    opts.nodeid = number
+                else:
+                    opts.votes, opts.command = number, "expected" if opt == "e" else "votes"
             elif opt == "o":
                 if val not in ("a", "i", "n"):
                     err.write("Invalid ordering option. valid orders are a(address), "
                               "i(node ID) or n(name)\n")
                     return 1
-                sort = val
+                opts.sort = val
             elif opt == "V":
                 out.write(f"corosync-quorumtool version: {VERSION}\n")
                 return 0
@@ -561,25 +540,52 @@ def main(argv: list[str] | None = None, out: IO[str] | None = None,
         err.write(exc.message + "\n")
         out.write(usage(prog))
         return 1
+    return opts
+
+
+def run(tool: Tool, opts: Options) -> int:
+    """Connect, then carry out ``opts.command``; the tool's exit code."""
+    if not tool.init_all():
+        return 1
+    view = (opts.numeric, opts.hex_ids, opts.sort)
+    if opts.command == "nodes":
+        return tool.show_nodes(*view)
+    if opts.command == "status":
+        return tool.show_status(*view)
+    if opts.command == "monitor":
+        return tool.monitor(*view)
+    if tool.using_votequorum() <= 0:
+        what = {"votes": "change node votes", "expected": "change expected votes",
+                "unregister": "unregister quorum device"}[opts.command]
+        tool.err.write(f"You cannot {what}, corosync is not using votequorum\n")
+        return 1
+    if opts.command == "votes":
+        return tool.set_votes(tool.our_nodeid if opts.nodeid is None else opts.nodeid,
+                              opts.votes)
+    if opts.command == "expected":
+        return tool.set_expected(opts.votes)
+    return tool.unregister_qdevice()
+
+
+def main(argv: list[str] | None = None, out: IO[str] | None = None,
+         err: IO[str] | None = None) -> int:
+    """``argv`` without the program name.  From the command line (argv None) getopt errors
+    and the usage name the program as ``sys.argv[0]``, like glibc names argv[0] (a console
+    script's path as it was started); otherwise as :data:`PROG`."""
+    prog = sys.argv[0] if argv is None and sys.argv[0] else PROG
+    args = sys.argv[1:] if argv is None else argv
+    out = out or sys.stdout
+    err = err or sys.stderr
+    opts = parse_options(args, prog, out, err)
+    if isinstance(opts, int):
+        return opts
+    tool = Tool(out, err)
+    tool.show_all_addrs = opts.show_all_addrs
+    tool.machine_parsable = opts.machine_parsable
     try:
-        if not tool.init_all():
-            return 1
-        if command == "nodes":
-            return tool.show_nodes(numeric, hex_ids, sort)
-        if command == "status":
-            return tool.show_status(numeric, hex_ids, sort)
-        if command == "monitor":
-            return tool.monitor(numeric, hex_ids, sort)
-        if tool.using_votequorum() <= 0:
-            what = {"votes": "change node votes", "expected": "change expected votes",
-                    "unregister": "unregister quorum device"}[command]
-            err.write(f"You cannot {what}, corosync is not using votequorum\n")
-            return 1
-        if command == "votes":
-            return tool.set_votes(nodeid if nodeid_set else tool.our_nodeid, votes)
-        if command == "expected":
-            return tool.set_expected(votes)
-        return tool.unregister_qdevice()
+        return run(tool, opts)
+    except Failed:
+        return 1
     except KeyboardInterrupt:
         return 1
     finally:
@@ -588,5 +594,5 @@ def main(argv: list[str] | None = None, out: IO[str] | None = None,
 
 
 if __name__ == "__main__":
-    sys.exit(main())
-
+    # python -m: argv[0] is this file's path, so the command's own name stands in for it
+    sys.exit(main(sys.argv[1:]))
