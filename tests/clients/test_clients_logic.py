@@ -1,6 +1,7 @@
 """corosync.cmap / corosync.cpg logic without a daemon: call plans fed scripted replies, and
 handles over a scripted in-memory client (retries, error codes, fragmentation, reassembly,
-dispatch modes, hostile events)."""
+dispatch modes, hostile events); the shared handle bases through quorum, votequorum and
+cfg."""
 
 from __future__ import annotations
 
@@ -14,9 +15,15 @@ from corosync._common import (CsError, CsErrorCode, DispatchFlags, Pause, Reply,
                               cs_strerror, gnu_getopt, GetoptError, run_blocking)
 from corosync.cmap import Cmap, CmapValue, TrackType, ValueType
 from corosync.cpg import Cpg, DeliverEvent, Guarantee, MAX_ATOMIC_MSGSIZE
-from corosync.lib.ipc import IpcError, unpack_request_header
+from corosync.cfg import Cfg
+from corosync.lib.ipc import IpcError, pack_request, unpack_request_header
+from corosync.lib.proto import cfg as pcfg
 from corosync.lib.proto import cmap as pc
 from corosync.lib.proto import cpg as pp
+from corosync.lib.proto import quorum as pq
+from corosync.lib.proto import votequorum as pvq
+from corosync.quorum import NodelistNotification, Quorum, QuorumNotification
+from corosync.votequorum import Votequorum
 
 OK = CsErrorCode.OK
 
@@ -352,3 +359,93 @@ def test_cpg_fragment_refused_by_a_full_ring_is_resent() -> None:
     h.mcast_joined(Guarantee.AGREED, bytes(MAX_ATOMIC_MSGSIZE + 10))
     kinds = [pp.PartialMcastRequest.decode(m[24:]).type for m, _ in client.sent]
     assert kinds == [1, 3] and calls["n"] == 3
+
+
+# --------------------------------------------------------------------------------------------
+# the shared handle bases (quorum, votequorum, cfg over a scripted client)
+# --------------------------------------------------------------------------------------------
+
+
+def test_a_plan_is_closed_whatever_ends_it() -> None:
+    closed: list[str] = []
+
+    def plan() -> Any:
+        try:
+            yield Request(pack_request(1))
+            yield Request(pack_request(2))
+        finally:
+            closed.append("closed")
+
+    client = ScriptedClient()
+    client.fail_with = errno.ECONNRESET
+    with pytest.raises(CsError):
+        run_blocking(client, plan())  # type: ignore[arg-type]
+    client.fail_with = None
+    assert run_blocking(client, plan()) is None  # type: ignore[arg-type]
+    assert closed == ["closed", "closed"] and len(client.sent) == 2
+
+
+def test_quorum_events_reach_callbacks_and_bad_ones_are_counted() -> None:
+    client = ScriptedClient()
+    seen: list[Any] = []
+    q = Quorum(client)  # type: ignore[arg-type]
+    q.notify, q.nodelist = seen.append, seen.append
+    client.events = [
+        (pq.EV_NOTIFICATION, OK, pq.Notification(True, 5, (1, 2)).encode()),
+        (pq.EV_NOTIFICATION, OK, b"\0" * 4),                                   # truncated
+        (pq.EV_V1_QUORUM_NOTIFICATION, OK, pq.V1QuorumNotification(False, 2, 6, (2,)).encode()),
+        (42, OK, b""),                                                         # unknown id
+        (pq.EV_V1_NODELIST_NOTIFICATION, OK,
+         pq.V1NodelistNotification(2, 6, (2,), (), (1,)).encode()),
+    ]
+    assert q.dispatch(DispatchFlags.ALL) == 5
+    assert seen == [QuorumNotification(True, 5, (1, 2)), QuorumNotification(False, 6, (2,), 2),
+                    NodelistNotification(2, 6, (2,), (), (1,))]
+    assert q.dropped_events == 2
+
+
+def test_a_callback_error_is_not_a_dropped_event() -> None:
+    client = ScriptedClient()
+    v = Votequorum(client)  # type: ignore[arg-type]
+
+    def boom(event: Any) -> None:
+        raise ValueError("bug in the application")
+
+    v.expected_fn = boom
+    client.events = [(pvq.EV_EXPECTEDVOTES_NOTIFICATION, OK,
+                      pvq.ExpectedVotesNotification(1, 3).encode())]
+    with pytest.raises(ValueError, match="bug in the application"):
+        v.dispatch(DispatchFlags.ALL)
+    assert v.dropped_events == 0
+
+
+def test_finalized_handles_refuse_calls_and_finalize_once() -> None:
+    for handle_cls in (Cfg, Votequorum, Quorum):
+        client = ScriptedClient()
+        h = handle_cls(client)  # type: ignore[arg-type]
+        with h:
+            h.context_set({"app": 1})
+            assert h.context_get() == {"app": 1}
+        assert client.closed
+        h.finalize()
+        with pytest.raises(CsError) as info:
+            h._call(1)
+        assert info.value.code is CsErrorCode.ERR_BAD_HANDLE
+        assert client.sent == [] and h.dispatch(DispatchFlags.ALL) == 0
+
+
+def test_quorum_model_is_checked_before_connecting() -> None:
+    with pytest.raises(CsError) as info:
+        Quorum.initialize(model=7, ipc_dir="/nonexistent")
+    assert info.value.code is CsErrorCode.ERR_INVALID_PARAM
+
+
+def test_cfg_ring_status_ignores_the_error_field_like_libcfg() -> None:
+    body = pcfg.RingStatus((("0 10.0.0.1", "OK"),)).encode()
+    client = ScriptedClient(lambda m: (pcfg.RES_RINGSTATUSGET, CsErrorCode.ERR_LIBRARY, body))
+    assert Cfg(client).ring_status_get().interfaces == (("0 10.0.0.1", "OK"),)  # type: ignore
+    client = ScriptedClient(lambda m: (pcfg.RES_KILLNODE, CsErrorCode.ERR_NOT_EXIST, b""))
+    with pytest.raises(CsError) as info:
+        Cfg(client).kill_node(9, "x" * 400)  # type: ignore[arg-type]
+    assert info.value.code is CsErrorCode.ERR_NOT_EXIST
+    assert len(client.sent[0][0]) == 288      # an over-long reason is cut, as libcfg does
