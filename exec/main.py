@@ -10,7 +10,12 @@ embedded default (one node on 127.0.0.1, udpu) is used with a notice, so ``coros
 works straight after ``pip install``.
 
 Exit codes are corosync's ``e_corosync_done`` values: 8 config, 15 fatal, 16 missing
-directory, 17 lock failure, 18 already running.
+directory, 17 lock failure, 18 already running; plus what corosync exits with outside that
+enum: 1 when the ring port stays in use through the bind retries, 255 when killed by
+``corosync-cfgtool -k`` (``exit(-1)``).
+
+The cfg service reaches the executive through three hooks (:class:`ServiceLayer`):
+``reload_config`` (exec/reload.py), ``reopen_log_files`` and ``fatal_exit``.
 
 Startup order (and why):
 
