@@ -16,7 +16,7 @@ import struct
 import sys
 import time
 from collections.abc import Callable, Iterator
-from typing import IO, Final, NoReturn
+from typing import IO, Final, NoReturn, TypeVar
 
 from corosync._common import (CsError, CsErrorCode, DispatchFlags, GetoptError, cs_strerror,
                               gnu_getopt)
@@ -29,6 +29,8 @@ OPTSTRING: Final = "m:hqgsdDtTbp:C:"
 #: corosync-cmapctl retries CS_ERR_TRY_AGAIN this often, one second apart.
 MAX_TRY_AGAIN: Final = 10
 CLEAR_TARGETS: Final = ("knet", "totem", "ipc", "schedmiss", "all")
+
+T = TypeVar("T")
 
 HELP: Final = """
 usage:  corosync-cmapctl [-b] [-DdghsqTCt] [-p filename] [-m map] [params...]
@@ -243,6 +245,19 @@ class CmapCtl:
         assert self.handle is not None
         return self.handle
 
+    def retrying(self, call: Callable[[], T]) -> T:
+        """``call()``, retried like the C tool while it fails with CS_ERR_TRY_AGAIN: up to
+        :data:`MAX_TRY_AGAIN` more times, one second apart; then its error is raised."""
+        retries = 0
+        while True:
+            try:
+                return call()
+            except CsError as exc:
+                if exc.code != CsErrorCode.ERR_TRY_AGAIN or retries >= MAX_TRY_AGAIN:
+                    raise
+                retries += 1
+                self.sleep(1)
+
     # -- print ---------------------------------------------------------------------------------
 
     def fetch(self, key: str, vtype: ValueType) -> CmapValue | None:
@@ -250,17 +265,11 @@ class CmapCtl:
         the tool's error line."""
         if vtype is ValueType.BINARY and not self.show_binary:
             return CmapValue(vtype, b"")
-        retries = 0
-        while True:
-            try:
-                return CmapValue(vtype, self.h.get_typed(key, vtype))
-            except CsError as exc:
-                if exc.code == CsErrorCode.ERR_TRY_AGAIN and retries < MAX_TRY_AGAIN:
-                    retries += 1
-                    self.sleep(1)
-                    continue
-                self.error(f"Can't get value of {key}. Error {cs_strerror(exc.code)}\n")
-                return None
+        try:
+            return CmapValue(vtype, self.retrying(lambda: self.h.get_typed(key, vtype)))
+        except CsError as exc:
+            self.error(f"Can't get value of {key}. Error {cs_strerror(exc.code)}\n")
+            return None
 
     def print_key(self, key: str, vtype: ValueType, value: CmapValue | None = None) -> None:
         if value is None:
@@ -436,17 +445,10 @@ class CmapCtl:
     # -- main ----------------------------------------------------------------------------------
 
     def initialize(self, map_id: MapId) -> None:
-        retries = 0
-        while True:
-            try:
-                self.handle = self.connect(map_id)
-                return
-            except CsError as exc:
-                if exc.code == CsErrorCode.ERR_TRY_AGAIN and retries < MAX_TRY_AGAIN:
-                    retries += 1
-                    self.sleep(1)
-                    continue
-                self.fail(f"Failed to initialize the cmap API. Error {cs_strerror(exc.code)}\n")
+        try:
+            self.handle = self.retrying(lambda: self.connect(map_id))
+        except CsError as exc:
+            self.fail(f"Failed to initialize the cmap API. Error {cs_strerror(exc.code)}\n")
 
     def main(self, argv: list[str]) -> int:
         action = "print"

@@ -20,6 +20,7 @@ from clients_realdaemon import (DEBIAN_CMAPCTL, LineReader, RealCorosync,  # noq
                                 daemon_fixture, real_corosync)  # noqa: F401  (fixture)
 
 from corosync.cmap import CmapValue, ValueType  # noqa: E402
+from corosync._common import CsError, CsErrorCode  # noqa: E402
 from corosync.tools import cmapctl  # noqa: E402
 
 LINE = re.compile(r"^(?P<key>\S+) \((?P<tag>[a-z0-9]+)\)(?: = (?P<value>.*))?$", re.S)
@@ -324,3 +325,53 @@ def test_tracking_matches_debian(real_corosync: RealCorosync) -> None:
     assert outputs[0].startswith(b"create> trk.one (u32) = 1\nmodify> trk.one (u32) = 2\n")
     assert b"create> trk.bin (bin) = \\xFFFFFFFF\\\\x\n" in outputs[0]
     assert outputs[2].splitlines()[-1] == b"delete> trk.one (dbl) = 0.500000"
+
+
+# --------------------------------------------------------------------------------------------
+# CS_ERR_TRY_AGAIN: retried 10 times, one second apart (no daemon: fakes)
+# --------------------------------------------------------------------------------------------
+
+
+class _BusyCmap:
+    """A handle whose GET answers CS_ERR_TRY_AGAIN ``busy`` times before the value."""
+
+    def __init__(self, busy: int) -> None:
+        self.busy = busy
+
+    def get_typed(self, key: str, vtype: ValueType) -> int:
+        if self.busy:
+            self.busy -= 1
+            raise CsError(CsErrorCode.ERR_TRY_AGAIN)
+        return 7
+
+    def finalize(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("busy, out, err, rc", [
+    (10, b"a.b (u32) = 7\n", b"", 0),
+    (11, b"", b"Can't get value of a.b. Error CS_ERR_TRY_AGAIN\n", 0),
+])
+def test_busy_values_are_retried_ten_times(busy, out, err, rc) -> None:
+    handle, naps = _BusyCmap(busy), []
+    o, e = io.BytesIO(), io.BytesIO()
+    tool = cmapctl.CmapCtl(o, e, io.BytesIO(), connect=lambda m: handle,  # type: ignore
+                           sleep=naps.append)
+    tool.handle = handle  # type: ignore[assignment]
+    tool.print_key("a.b", ValueType.UINT32)
+    assert (o.getvalue(), e.getvalue()) == (out, err)
+    assert naps == [1] * 10
+
+
+def test_a_busy_executive_is_retried_then_reported() -> None:
+    attempts, naps = [], []
+
+    def connect(map_id):
+        attempts.append(map_id)
+        raise CsError(CsErrorCode.ERR_TRY_AGAIN)
+
+    e = io.BytesIO()
+    tool = cmapctl.CmapCtl(io.BytesIO(), e, io.BytesIO(), connect=connect, sleep=naps.append)
+    assert tool.main(["-g", "a.b"]) == 1
+    assert e.getvalue() == b"Failed to initialize the cmap API. Error CS_ERR_TRY_AGAIN\n"
+    assert len(attempts) == 11 and naps == [1] * 10
