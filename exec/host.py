@@ -35,6 +35,8 @@ from typing import Any, Callable, Iterable
 
 from attrs import define, field
 
+from corosync.lib.proto.common import ProtoError
+
 from .cmap import CmapStore, CmapType
 from .service import (REQ_HEADER, SERVICES_COUNT_MAX, CsError, LibHandler, Malformed,
                       SendFailed, Service, ServiceId)
@@ -193,7 +195,7 @@ class ServiceIpcHandler:
             return
         try:
             handler.fn(conn, payload)
-        except (Malformed, struct.error) as exc:
+        except (Malformed, struct.error, ProtoError) as exc:
             host.count("ipc_malformed", f"{self.service.ipc_name}: malformed request "
                                         f"{msg_id} from pid {getattr(conn, 'pid', '?')}: {exc}")
             if handler.answered:
@@ -484,7 +486,10 @@ class ServiceHost:
                 self.admission.update(backlog, per_visit)
         full = self._queue_full
         usage_fn = self._queue_usage
-        if usage_fn is not None:
+        # The critical level (75 % of ~3000 packets) lies far above the admission bound
+        # (a few dozen packets): with a backlog measurement it only needs reading while
+        # admission refuses or the level was reached (this runs after every delivery).
+        if usage_fn is not None and (full or load is None or self.admission.refusing):
             try:
                 usage = float(usage_fn())
             except Exception:

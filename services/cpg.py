@@ -41,11 +41,14 @@ from corosync.exec.service import (REQ_HEADER, RES_HEADER, CsError, ExecHandler,
                                    send_event, service_id_make, swap_fields)
 from corosync.exec.totem.events import LogLevel
 from corosync.exec.totem.wire import ZERO_RING, RingId
+from corosync.lib.proto import cpg as proto
+from corosync.lib.proto.common import CPG_NAME
+from corosync.lib.proto.common import RingId as ClientRingId
 
 CPG_MAX_NAME_LENGTH = 128
 PROCESSOR_COUNT_MAX = 384
-NAME = struct.Struct("<I4x128s")  # mar_cpg_name_t, 136 bytes
-ADDRESS = struct.Struct("<I4xI4xI4x")  # mar_cpg_address_t: nodeid, pid, reason
+NAME = CPG_NAME  # mar_cpg_name_t, 136 bytes
+ADDRESS = proto.ADDRESS  # mar_cpg_address_t: nodeid, pid, reason
 _U32P = struct.Struct("<I4x")
 
 # exec function ids
@@ -71,6 +74,10 @@ RES_TOTEM_CONFCHG, RES_PARTIAL_DELIVER, RES_PARTIAL_SEND = 13, 17, 18
 ITER_NAME_ONLY, ITER_ONE_GROUP, ITER_ALL = 1, 2, 3
 MODEL_V1_DELIVER_INITIAL_TOTEM_CONF = 1
 PARTIAL_FIRST = 1
+#: MCAST / PARTIAL_MCAST requests carry a 24-byte header; the IPC layer strips 16
+_LIB_HEAD = 24 - REQ_HEADER.size
+#: an ITERATIONNEXT body with no item (sent with an error)
+_NO_ITEM = bytes(len(proto.iteration_description_body(b"", 0, 0)))
 
 
 def encode_name(group: bytes) -> bytes:
@@ -291,9 +298,7 @@ class CpgService(Service):
         left_keys = {(n, p) for n, p, _r in left}
         members = [(p.nodeid, p.pid, REASON_UNDEFINED) for p in self.procs
                    if p.group == group and (p.nodeid, p.pid) not in left_keys]
-        payload = (encode_name(group) + _U32P.pack(len(members)) + _U32P.pack(len(joined))
-                   + _U32P.pack(len(left))
-                   + b"".join(ADDRESS.pack(*a) for a in members + left + joined))
+        payload = proto.confchg_body(group, members, left, joined)
         me = self.api.nodeid
         for nodeid, pid, _reason in joined:
             if nodeid == me:
@@ -318,8 +323,7 @@ class CpgService(Service):
 
     def _notify_totem(self, cpd: Cpd | None, members: tuple[int, ...]) -> None:
         ring = self.last_sync_ring_id
-        payload = (struct.pack("<I4xQ", ring.rep, ring.seq) + struct.pack("<I", len(members))
-                   + struct.pack(f"<{len(members)}I", *members) + bytes(4))
+        payload = proto.totem_confchg_body(ClientRingId(ring.rep, ring.seq), members)
         for target in ([cpd] if cpd is not None else [c for c in self.cpds if not c.finalized]):
             send_event(target.conn, RES_TOTEM_CONFCHG, payload)
 
@@ -380,8 +384,8 @@ class CpgService(Service):
             raise Malformed("cpg_bad_size", f"mcast msglen {msglen} in {len(msg)} bytes")
         self.stats.mcast_rx += 1
         body = msg[MCAST_HEADER_SIZE:MCAST_HEADER_SIZE + msglen]
-        self._deliver_to_group(group, nodeid, RES_DELIVER, encode_name(group)
-                               + _U32P.pack(msglen) + _U32P.pack(nodeid) + _U32P.pack(pid) + body)
+        self._deliver_to_group(group, nodeid, RES_DELIVER,
+                               proto.deliver_body(group, nodeid, pid, body))
 
     def _exec_partial_mcast(self, msg: bytes, nodeid: int) -> None:
         need(msg, PARTIAL_HEADER_SIZE, "cpg partial mcast")
@@ -391,9 +395,8 @@ class CpgService(Service):
             raise Malformed("cpg_bad_size", f"partial fraglen {fraglen} in {len(msg)} bytes")
         self.stats.mcast_rx += 1
         body = msg[PARTIAL_HEADER_SIZE:PARTIAL_HEADER_SIZE + fraglen]
-        self._deliver_to_group(group, nodeid, RES_PARTIAL_DELIVER, encode_name(group)
-                               + _U32P.pack(msglen) + _U32P.pack(fraglen) + _U32P.pack(nodeid)
-                               + _U32P.pack(pid) + _U32P.pack(ptype) + body)
+        self._deliver_to_group(group, nodeid, RES_PARTIAL_DELIVER,
+                               proto.partial_deliver_body(group, msglen, nodeid, pid, ptype, body))
 
     def _exec_downlist_old(self, msg: bytes, nodeid: int) -> None:
         self._log(LogLevel.DEBUG, f"downlist OLD from node {nodeid}")
@@ -546,9 +549,11 @@ class CpgService(Service):
         return cpd.state in (CpdState.JOIN_STARTED, CpdState.JOIN_COMPLETED) and cpd.group is not None
 
     def _lib_mcast(self, conn: Any, p: bytes) -> None:
-        need(p, 24, "cpg mcast")
-        (msglen,) = struct.unpack_from("<I", p, 16)
-        if msglen > len(p) - 24:
+        # ``p`` follows the 16-byte request header: 8 more header bytes, then the body
+        need(p, _LIB_HEAD + proto.MCAST_BODY_HEAD, "cpg mcast")
+        _guarantee, msglen = proto.mcast_request_fields(memoryview(p)[_LIB_HEAD:])
+        start = _LIB_HEAD + proto.MCAST_BODY_HEAD
+        if msglen > len(p) - start:
             raise Malformed("cpg_bad_size", f"mcast request msglen {msglen} in {len(p)} bytes")
         cpd = self._cpd(conn)
         if not self._can_send(cpd):
@@ -559,7 +564,8 @@ class CpgService(Service):
             return
         assert cpd.group is not None
         try:
-            self._send(encode_mcast(cpd.group, cpd.pid, self.api.nodeid, p[24:24 + msglen]))
+            self._send(encode_mcast(cpd.group, cpd.pid, self.api.nodeid,
+                                    p[start:start + msglen]))
             self.stats.mcast_tx += 1
         except SendFailed:
             self.stats.mcast_refused += 1
@@ -567,9 +573,11 @@ class CpgService(Service):
                                  "cpg mcast dropped: totem queue full", self.subsys)
 
     def _lib_partial_mcast(self, conn: Any, p: bytes) -> None:
-        need(p, 40, "cpg partial mcast")
-        msglen, fraglen, ptype = struct.unpack_from("<I4xI4xI", p, 16)
-        if fraglen > len(p) - 40:
+        need(p, _LIB_HEAD + proto.PARTIAL_BODY_HEAD, "cpg partial mcast")
+        _guarantee, msglen, fraglen, ptype = proto.partial_request_fields(
+            memoryview(p)[_LIB_HEAD:])
+        start = _LIB_HEAD + proto.PARTIAL_BODY_HEAD
+        if fraglen > len(p) - start:
             raise Malformed("cpg_bad_size", f"partial request fraglen {fraglen} in {len(p)} bytes")
         cpd = self._cpd(conn)
         error = CsError.OK if self._can_send(cpd) else CsError.ERR_NOT_EXIST
@@ -581,7 +589,7 @@ class CpgService(Service):
             assert cpd.group is not None
             try:
                 self._send(encode_partial_mcast(cpd.group, cpd.pid, self.api.nodeid, msglen,
-                                                ptype, p[40:40 + fraglen]))
+                                                ptype, p[start:start + fraglen]))
             except SendFailed:
                 error = CsError.ERR_TRY_AGAIN
         conn.send_response(RES_PARTIAL_SEND, b"", error)
@@ -590,12 +598,11 @@ class CpgService(Service):
         need(p, 136, "cpg membership")
         group = decode_name(p, 0)
         members = self.members_of(group)[:PROCESSOR_COUNT_MAX]
-        body = b"".join(ADDRESS.pack(m.nodeid, m.pid, 0) for m in members)
-        conn.send_response(RES_MEMBERSHIP, _U32P.pack(len(members)) + body
-                           + bytes(ADDRESS.size * (PROCESSOR_COUNT_MAX - len(members))))
+        conn.send_response(RES_MEMBERSHIP, proto.membership_body(
+            [(m.nodeid, m.pid, REASON_UNDEFINED) for m in members]))
 
     def _lib_local_get(self, conn: Any, p: bytes) -> None:
-        conn.send_response(RES_LOCAL_GET, _U32P.pack(self.api.nodeid))
+        conn.send_response(RES_LOCAL_GET, proto.LocalGetResponse(self.api.nodeid).encode())
 
     def _lib_iter_init(self, conn: Any, p: bytes) -> None:
         need(p, 140, "cpg iteration initialize")
@@ -616,22 +623,23 @@ class CpgService(Service):
         handle = next(self._iter_handles)
         self._iterations[handle] = (cpd, items, 0)
         cpd.iterations.add(handle)
-        conn.send_response(RES_ITER_INIT, struct.pack("<Q", handle))
+        conn.send_response(RES_ITER_INIT, proto.IterationInitializeResponse(handle).encode())
 
     def _lib_iter_next(self, conn: Any, p: bytes) -> None:
         need(p, 8, "cpg iteration next")
         (handle,) = struct.unpack_from("<Q", p)
         it = self._iterations.get(handle)
         if it is None:
-            conn.send_response(RES_ITER_NEXT, bytes(144), CsError.ERR_LIBRARY)
+            conn.send_response(RES_ITER_NEXT, _NO_ITEM, CsError.ERR_LIBRARY)
             return
         cpd, items, pos = it
         if pos >= len(items):
-            conn.send_response(RES_ITER_NEXT, bytes(144), CsError.ERR_NO_SECTIONS)
+            conn.send_response(RES_ITER_NEXT, _NO_ITEM, CsError.ERR_NO_SECTIONS)
             return
         self._iterations[handle] = (cpd, items, pos + 1)
         pi = items[pos]
-        conn.send_response(RES_ITER_NEXT, encode_name(pi.group) + struct.pack("<II", pi.nodeid, pi.pid))
+        conn.send_response(RES_ITER_NEXT,
+                           proto.iteration_description_body(pi.group, pi.nodeid, pi.pid))
 
     def _lib_iter_finalize(self, conn: Any, p: bytes) -> None:
         need(p, 8, "cpg iteration finalize")

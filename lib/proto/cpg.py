@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 import struct
-from typing import ClassVar, Final
+from typing import ClassVar, Final, Iterable, Sequence
 
 from attrs import frozen
 
@@ -134,6 +134,9 @@ _JOIN: Final = struct.Struct("<136sI4xI4x")       # group, pid, flags        (@1
 _GROUP_U32: Final = struct.Struct("<136sI4x")     # group, pid | iteration   (@16..@160)
 _MCAST: Final = struct.Struct("<I4xI4x")          # guarantee, msglen        (@24..@40)
 _PARTIAL: Final = struct.Struct("<I4xI4xI4xI4x")  # guarantee, msglen, fraglen, type (@24..@56)
+#: bytes of an MCAST / PARTIAL_MCAST request body (after the 24-byte header) before the data
+MCAST_BODY_HEAD: Final = _MCAST.size
+PARTIAL_BODY_HEAD: Final = _PARTIAL.size
 
 
 @frozen
@@ -186,8 +189,7 @@ class McastRequest:
 
     @classmethod
     def decode(cls, body: bytes | memoryview) -> "McastRequest":
-        need(body, _MCAST.size, "cpg MCAST", exact=False)
-        guarantee, msglen = _MCAST.unpack_from(body)
+        guarantee, msglen = mcast_request_fields(body)
         if len(body) != _MCAST.size + msglen:
             raise ProtoError(f"cpg MCAST: msglen {msglen} but {len(body) - _MCAST.size} bytes")
         return cls(guarantee, bytes(body[_MCAST.size:]))
@@ -210,8 +212,7 @@ class PartialMcastRequest:
 
     @classmethod
     def decode(cls, body: bytes | memoryview) -> "PartialMcastRequest":
-        need(body, _PARTIAL.size, "cpg PARTIAL_MCAST", exact=False)
-        guarantee, msglen, fraglen, ptype = _PARTIAL.unpack_from(body)
+        guarantee, msglen, fraglen, ptype = partial_request_fields(body)
         if len(body) != _PARTIAL.size + fraglen:
             raise ProtoError(f"cpg PARTIAL_MCAST: fraglen {fraglen} but "
                              f"{len(body) - _PARTIAL.size} bytes")
@@ -317,8 +318,7 @@ class MembershipResponse:
     SIZE: ClassVar[int] = U32_PAD.size + PROCESSOR_COUNT_MAX * ADDRESS.size
 
     def encode(self) -> bytes:
-        body = U32_PAD.pack(len(self.members)) + b"".join(a.encode() for a in self.members)
-        return body.ljust(self.SIZE, b"\0")
+        return membership_body([(a.nodeid, a.pid, a.reason) for a in self.members])
 
     @classmethod
     def decode(cls, body: bytes | memoryview) -> "MembershipResponse":
@@ -375,7 +375,7 @@ class IterationDescription:
     pid: int
 
     def encode(self) -> bytes:
-        return _ITER_DESC.pack(encode_cpg_name(self.group), self.nodeid, self.pid)
+        return iteration_description_body(self.group, self.nodeid, self.pid)
 
     @classmethod
     def decode(cls, body: bytes | memoryview) -> "IterationDescription":
@@ -394,6 +394,73 @@ _PARTIAL_HEAD: Final = struct.Struct("<136sI4xI4xI4xI4xI4x")  # + fraglen ... ty
 _TOTEM_HEAD: Final = struct.Struct("<16sI")              # ring id, member count (@24..@44)
 
 
+# Body encoders shared by the attrs classes below and the executive's CPG service
+# (services/cpg.py), which builds these messages per delivery and per request: plain
+# tuples and bytes in, bytes out, no objects on the way.
+
+def address_list(entries: "Iterable[tuple[int, int, int]]") -> bytes:
+    """``struct cpg_address`` entries (nodeid, pid, reason), back to back."""
+    pack = ADDRESS.pack
+    return b"".join([pack(n, p, r) for n, p, r in entries])
+
+
+def confchg_body(group: bytes, members: "Sequence[tuple[int, int, int]]",
+                 left: "Sequence[tuple[int, int, int]]",
+                 joined: "Sequence[tuple[int, int, int]]") -> bytes:
+    """CONFCHG_CALLBACK body: counts member, **joined**, **left**; entries member, **left**,
+    **joined**."""
+    return (_CONFCHG_HEAD.pack(encode_cpg_name(group), len(members), len(joined), len(left))
+            + address_list(members) + address_list(left) + address_list(joined))
+
+
+def deliver_body(group: bytes, nodeid: int, pid: int, message: bytes) -> bytes:
+    """DELIVER_CALLBACK body: group, msglen, nodeid, pid, message."""
+    return _DELIVER_HEAD.pack(encode_cpg_name(group), len(message), nodeid, pid) + message
+
+
+def partial_deliver_body(group: bytes, msglen: int, nodeid: int, pid: int, ptype: int,
+                         fragment: bytes) -> bytes:
+    """PARTIAL_DELIVER_CALLBACK body: group, msglen (total), fraglen, nodeid, pid, type,
+    fragment."""
+    return _PARTIAL_HEAD.pack(encode_cpg_name(group), msglen, len(fragment), nodeid, pid,
+                              ptype) + fragment
+
+
+def totem_confchg_body(ring_id: RingId, members: "Sequence[int]") -> bytes:
+    """TOTEM_CONFCHG_CALLBACK body: ring id, count, node ids, 4 pad bytes."""
+    n = len(members)
+    return (_TOTEM_HEAD.pack(ring_id.encode(), n) + struct.pack(f"<{n}I", *members)
+            + bytes(4))
+
+
+def membership_body(members: "Sequence[tuple[int, int, int]]") -> bytes:
+    """MEMBERSHIP response body: count, then always PROCESSOR_COUNT_MAX address slots."""
+    if len(members) > PROCESSOR_COUNT_MAX:
+        raise ProtoError(f"{len(members)} members exceed {PROCESSOR_COUNT_MAX}")
+    return (U32_PAD.pack(len(members)) + address_list(members)).ljust(
+        MembershipResponse.SIZE, b"\0")
+
+
+def iteration_description_body(group: bytes, nodeid: int, pid: int) -> bytes:
+    """ITERATIONNEXT response body (144 bytes): group, nodeid, pid."""
+    return _ITER_DESC.pack(encode_cpg_name(group), nodeid, pid)
+
+
+def mcast_request_fields(body: bytes | memoryview) -> tuple[int, int]:
+    """(guarantee, msglen) of an MCAST request body (after the 24-byte header); the
+    message follows at :data:`MCAST_BODY_HEAD` bytes."""
+    need(body, _MCAST.size, "cpg MCAST", exact=False)
+    guarantee, msglen = _MCAST.unpack_from(body)
+    return guarantee, msglen
+
+
+def partial_request_fields(body: bytes | memoryview) -> tuple[int, int, int, int]:
+    """(guarantee, msglen, fraglen, type) of a PARTIAL_MCAST request body (after the
+    24-byte header); the fragment follows at :data:`PARTIAL_BODY_HEAD` bytes."""
+    need(body, _PARTIAL.size, "cpg PARTIAL_MCAST", exact=False)
+    return _PARTIAL.unpack_from(body)  # type: ignore[return-value]
+
+
 @frozen
 class ConfchgEvent:
     """CONFCHG_CALLBACK (event 4): 24 group, 160 member count, 168 **joined** count, 176
@@ -407,9 +474,9 @@ class ConfchgEvent:
     joined: tuple[Address, ...]
 
     def encode(self) -> bytes:
-        head = _CONFCHG_HEAD.pack(encode_cpg_name(self.group), len(self.members),
-                                  len(self.joined), len(self.left))
-        return head + b"".join(a.encode() for a in (*self.members, *self.left, *self.joined))
+        def rows(addrs: tuple[Address, ...]) -> list[tuple[int, int, int]]:
+            return [(a.nodeid, a.pid, a.reason) for a in addrs]
+        return confchg_body(self.group, rows(self.members), rows(self.left), rows(self.joined))
 
     @classmethod
     def decode(cls, body: bytes | memoryview) -> "ConfchgEvent":
@@ -438,8 +505,7 @@ class DeliverEvent:
     message: bytes
 
     def encode(self) -> bytes:
-        return _DELIVER_HEAD.pack(encode_cpg_name(self.group), len(self.message), self.nodeid,
-                                  self.pid) + self.message
+        return deliver_body(self.group, self.nodeid, self.pid, self.message)
 
     @classmethod
     def decode(cls, body: bytes | memoryview) -> "DeliverEvent":
@@ -465,8 +531,8 @@ class PartialDeliverEvent:
     fragment: bytes
 
     def encode(self) -> bytes:
-        return _PARTIAL_HEAD.pack(encode_cpg_name(self.group), self.msglen, len(self.fragment),
-                                  self.nodeid, self.pid, self.type) + self.fragment
+        return partial_deliver_body(self.group, self.msglen, self.nodeid, self.pid, self.type,
+                                    self.fragment)
 
     @classmethod
     def decode(cls, body: bytes | memoryview) -> "PartialDeliverEvent":
@@ -489,9 +555,7 @@ class TotemConfchgEvent:
     members: tuple[int, ...]
 
     def encode(self) -> bytes:
-        n = len(self.members)
-        return (_TOTEM_HEAD.pack(self.ring_id.encode(), n) + struct.pack(f"<{n}I", *self.members)
-                + bytes(4))
+        return totem_confchg_body(self.ring_id, self.members)
 
     @classmethod
     def decode(cls, body: bytes | memoryview) -> "TotemConfchgEvent":
@@ -514,5 +578,8 @@ __all__ = [
     "MembershipRequest", "IterationInitializeRequest", "IterationNextRequest",
     "IterationFinalizeRequest", "MembershipResponse", "LocalGetResponse",
     "IterationInitializeResponse", "IterationDescription", "ConfchgEvent", "DeliverEvent",
-    "PartialDeliverEvent", "TotemConfchgEvent", "EVENTS",
+    "PartialDeliverEvent", "TotemConfchgEvent", "EVENTS", "ADDRESS", "MCAST_BODY_HEAD",
+    "PARTIAL_BODY_HEAD", "address_list", "confchg_body", "deliver_body",
+    "partial_deliver_body", "totem_confchg_body", "membership_body",
+    "iteration_description_body", "mcast_request_fields", "partial_request_fields",
 ]

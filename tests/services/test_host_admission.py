@@ -135,11 +135,25 @@ def test_new_connection_inherits_the_current_flow_control():
 
 
 def test_critical_queue_level_also_holds_requests():
-    env = Env()
-    env.usage = 0.8                                       # > 75 %: corosync's critical level
+    env = Env()                                           # (a queue of ~3000 packets)
+    env.usage, env.backlog = 0.8, 2400                    # > 75 %: corosync's critical level
     env.host.check_queue()
     assert env.levels() == [(FC_SYNC, True)] * 2
-    env.usage, env.backlog = 0.65, 0                      # critical hysteresis: still held
+    env.usage, env.backlog = 0.65, 1950                   # critical hysteresis: still held
+    env.host.check_queue()
+    assert env.levels() == [(FC_SYNC, True)] * 2
+    env.usage, env.backlog = 0.5, 1500                    # below: only the backlog bound
+    env.host.check_queue()
+    assert env.levels() == [(FC_SYNC, False)] * 2
+    env.usage, env.backlog = 0.0, 3
+    env.host.check_queue()
+    assert env.levels() == [(FC_OFF, True)] * 2
+
+
+def test_critical_queue_level_without_a_backlog_measurement():
+    env = Env()
+    env.host._send_load = None                            # e.g. a driver without TotemPg
+    env.usage = 0.8
     env.host.check_queue()
     assert env.levels() == [(FC_SYNC, True)] * 2
     env.usage = 0.5
