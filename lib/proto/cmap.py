@@ -14,6 +14,7 @@ so every layout and every value rule is written down once.  Decoders are strict 
 from __future__ import annotations
 
 import enum
+import functools
 import re
 import struct
 from typing import Any, ClassVar, Final, Union
@@ -248,6 +249,7 @@ _I32_PAD: Final = struct.Struct("<i4x")
 _ITER_NEXT: Final = struct.Struct("<264sQB7x")       # key, value_len, type   (@24..@304)
 
 
+@functools.lru_cache(maxsize=None)
 def _fields_size(layout: struct.Struct) -> int:
     """The size of ``layout`` without its trailing padding: where its last field ends."""
     return struct.calcsize(re.sub(r"\d*x$", "", layout.format))
@@ -277,7 +279,8 @@ class _FixedBody:
             need(body, cls.LAYOUT.size, what)
         else:
             need(body, _fields_size(cls.LAYOUT), what, exact=False)
-            body = bytes(body[:cls.LAYOUT.size]).ljust(cls.LAYOUT.size, b"\0")
+            if len(body) < cls.LAYOUT.size:
+                body = bytes(body).ljust(cls.LAYOUT.size, b"\0")
         return cls(*(decode_name(v) if isinstance(v, bytes) else v
                      for v in cls.LAYOUT.unpack_from(body)))
 
