@@ -8,7 +8,8 @@ executive's cmap service (``services/cmap.py``) decodes requests and encodes res
 the executive's store (``exec/cmap.py``) takes :class:`ValueType` and its ranges from here,
 so every layout and every value rule is written down once.  Decoders are strict by default
 (the body must have exactly the size its fields promise); the executive decodes with
-``exact=False``, which tolerates trailing bytes after the fields, as the C executive does.
+``exact=False``, which tolerates trailing bytes after the fields and a missing trailing
+padding, as the C executive (which reads the fields in place) does.
 """
 
 from __future__ import annotations
@@ -246,7 +247,8 @@ _KEY_U64: Final = struct.Struct("<264sQ")            # key, u64                (
 _KEY_I32: Final = struct.Struct("<264si4x")          # key, i32                (@16..@288)
 _TRACK_ADD: Final = struct.Struct("<264si4xQ")       # key, track_type, cookie (@16..@296)
 _I32_PAD: Final = struct.Struct("<i4x")
-_ITER_NEXT: Final = struct.Struct("<264sQB7x")       # key, value_len, type   (@24..@304)
+#: key, value_len, type: SET's head (@16..@296) and the ITER_NEXT response (@24..@304)
+_KEY_LEN_TYPE: Final = struct.Struct("<264sQB7x")
 
 
 @functools.lru_cache(maxsize=None)
@@ -289,8 +291,6 @@ class _FixedBody:
 # Requests
 # --------------------------------------------------------------------------------------------
 
-_SET_HEAD: Final = struct.Struct("<264sQB7x")       # key, value_len, type    (@16..@296)
-
 
 @frozen
 class SetRequest:
@@ -302,17 +302,18 @@ class SetRequest:
     value: bytes
 
     def encode(self) -> bytes:
-        return _SET_HEAD.pack(encode_name(self.key), len(self.value), self.type) + self.value
+        return _KEY_LEN_TYPE.pack(encode_name(self.key), len(self.value), self.type) + self.value
 
     @classmethod
     def decode(cls, body: bytes | memoryview, *, exact: bool = True) -> "SetRequest":
         """``exact=False`` ignores bytes after the value; fewer than value_len never pass."""
-        need(body, _SET_HEAD.size, "cmap SET", exact=False)
-        raw, value_len, vtype = _SET_HEAD.unpack_from(body)
-        sent = len(body) - _SET_HEAD.size
+        head = _KEY_LEN_TYPE.size
+        need(body, head, "cmap SET", exact=False)
+        raw, value_len, vtype = _KEY_LEN_TYPE.unpack_from(body)
+        sent = len(body) - head
         if sent < value_len or (exact and sent != value_len):
             raise ProtoError(f"cmap SET: value_len {value_len} but {sent} value bytes")
-        return cls(decode_name(raw), vtype, bytes(body[_SET_HEAD.size:_SET_HEAD.size + value_len]))
+        return cls(decode_name(raw), vtype, bytes(body[head:head + value_len]))
 
 
 @frozen
@@ -456,7 +457,7 @@ class IterNextResponse(_FixedBody):
     the error CS_ERR_NO_SECTIONS (with this body zeroed)."""
 
     ID: ClassVar[int] = ResId.ITER_NEXT
-    LAYOUT: ClassVar[struct.Struct] = _ITER_NEXT
+    LAYOUT: ClassVar[struct.Struct] = _KEY_LEN_TYPE
     key: str
     value_len: int
     type: int
@@ -518,7 +519,7 @@ class NotifyEvent:
 #: Body sizes of the fixed responses the stock library's buffers allow (the ``Buf`` column).
 RESPONSE_BUFFER: Final = {
     ResId.SET: 0, ResId.DELETE: 0, ResId.ADJUST_INT: 0, ResId.ITER_INIT: U64.size,
-    ResId.ITER_NEXT: _ITER_NEXT.size, ResId.ITER_FINALIZE: 0, ResId.TRACK_ADD: U64.size,
+    ResId.ITER_NEXT: _KEY_LEN_TYPE.size, ResId.ITER_FINALIZE: 0, ResId.TRACK_ADD: U64.size,
     ResId.TRACK_DELETE: U64.size, ResId.SET_CURRENT_MAP: 0,
 }
 
