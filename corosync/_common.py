@@ -24,7 +24,7 @@ import errno
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator, Mapping
 from typing import Any, ClassVar, Final, TypeVar
 
 from attrs import frozen
@@ -37,7 +37,7 @@ __all__ = [
     "CsErrorCode", "CsError", "DispatchFlags", "TrackFlags", "cs_strerror", "Request",
     "SendOnly", "Pause", "Reply", "Plan", "run_blocking", "run_async", "check",
     "RateLimitedLog", "ServiceHandle", "AsyncServiceHandle", "decode_reply", "encode_body",
-    "single_request", "event_decoder",
+    "single_request", "event_decoder", "HandleCore",
 ]
 
 
@@ -153,7 +153,7 @@ class _PlanSteps:
         self.reply: Reply | None = None
         self.result: Any = None
 
-    def __iter__(self) -> Iterator[Step]:
+    def __iter__(self) -> Generator[Step, None, None]:
         try:
             while True:
                 try:
@@ -291,7 +291,7 @@ def encode_body(fn: Callable[..., bytes], *args: Any) -> bytes:
 
 
 def event_decoder(wire: Any, public: type, *fields: str) -> Callable[[bytes], Any]:
-    """A decoder for :attr:`_HandleCore.EVENT_DECODERS`: ``wire.decode`` the payload (the
+    """A decoder for :attr:`HandleCore.EVENT_DECODERS`: ``wire.decode`` the payload (the
     layout in ``corosync.lib.proto``) and build the public event class from ``fields`` of
     it, in order (the public classes keep the C callback's argument order)."""
     def decode(payload: bytes) -> Any:
@@ -312,7 +312,7 @@ def _lost_link(exc: BaseException) -> CsError:
     return CsError(CsErrorCode.ERR_LIBRARY, f"connection lost: {exc}")
 
 
-class _HandleCore:
+class HandleCore:
     """What a handle is, independent of how it waits: the connection, the user's context,
     the finalized flag, and turning raw events into objects.
 
@@ -379,7 +379,7 @@ class _HandleCore:
         self.context = context
 
 
-class ServiceHandle(_HandleCore):
+class ServiceHandle(HandleCore):
     """A blocking connection to one corosync service: run calls, dispatch events, finalize.
     Use as a context manager."""
 
@@ -481,7 +481,7 @@ class ServiceHandle(_HandleCore):
         self.finalize()
 
 
-class AsyncServiceHandle(_HandleCore):
+class AsyncServiceHandle(HandleCore):
     """The trio flavour of :class:`ServiceHandle`: calls are coroutines, events an async
     iterator (:meth:`events`).  Use with ``async with``.
 
@@ -518,7 +518,7 @@ class AsyncServiceHandle(_HandleCore):
                      what or f"{self.SERVICE} request {msg_id}")
 
     async def _iterate(self, init: Plan[int], step: Callable[[int], Plan["T | None"]],
-                       finish: Callable[[int], Plan[None]]) -> AsyncIterator[T]:
+                       finish: Callable[[int], Plan[None]]) -> AsyncGenerator[T, None]:
         """:meth:`ServiceHandle._iterate`, awaited.  Leaving an ``async for`` early: wrap
         it in ``contextlib.aclosing`` so that ``finish`` runs at once."""
         handle = await self._run(init)

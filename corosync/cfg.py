@@ -23,8 +23,8 @@ import os
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from corosync._common import (AsyncServiceHandle, CsError, CsErrorCode, DispatchFlags, Reply,
-                              ServiceHandle, decode_reply, encode_body)
+from corosync._common import (AsyncServiceHandle, CsError, CsErrorCode, DispatchFlags,
+                              HandleCore, Reply, ServiceHandle, decode_reply, encode_body)
 from corosync.lib.proto import cfg as proto
 from corosync.lib.proto.cfg import (SHUTDOWN_FLAG_IMMEDIATE, SHUTDOWN_FLAG_REGARDLESS,
                                     SHUTDOWN_FLAG_REQUEST, LinkStatus, NodeStatus, RingStatus)
@@ -63,7 +63,7 @@ def _testshutdown(payload: bytes) -> int:
     return proto.dec_u32(payload, "cfg testshutdown")
 
 
-class _CfgProtocol:
+class _CfgProtocol(HandleCore):
     """Events and request bodies both cfg handles share."""
 
     SERVICE = "cfg"

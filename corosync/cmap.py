@@ -35,13 +35,13 @@ from __future__ import annotations
 import itertools
 import os
 from contextlib import aclosing
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from typing import Any, Final
 
 from attrs import frozen
 
-from corosync._common import (AsyncServiceHandle, CsError, CsErrorCode, DispatchFlags, Plan,
-                              Request, ServiceHandle, check, decode_reply)
+from corosync._common import (AsyncServiceHandle, CsError, CsErrorCode, DispatchFlags,
+                              HandleCore, Plan, Request, ServiceHandle, check, decode_reply)
 from corosync.lib.ipc import AsyncIpcClient, IpcClient, pack_request
 from corosync.lib.proto import cmap as proto
 from corosync.lib.proto.common import CS_MAX_NAME_LENGTH, ProtoError
@@ -124,7 +124,7 @@ def _check_key(key: str) -> None:
         raise CsError(CsErrorCode.ERR_NAME_TOO_LONG, key)
 
 
-class _CmapProtocol:
+class _CmapProtocol(HandleCore):
     """The call plans, notification decoding and typed accessors both handle types share
     (the connection plumbing comes from :class:`~corosync._common.ServiceHandle` /
     :class:`~corosync._common.AsyncServiceHandle`)."""
@@ -133,7 +133,7 @@ class _CmapProtocol:
     _tracks: dict[int, _Track]
 
     def __init__(self, client: Any, context: Any = None) -> None:
-        super().__init__(client, context)  # type: ignore[call-arg]
+        super().__init__(client, context)
         self._tracks = {}        # client cookie -> track
         self._cookies = itertools.count(1)
 
@@ -334,7 +334,8 @@ def _info(res: proto.GetResponse, key: str) -> tuple[int, ValueType]:
     try:
         return res.value_len, ValueType(res.type)
     except ValueError:
-        raise CsError(CsErrorCode.ERR_MESSAGE_ERROR, f"get {key}: unknown type {res.type}") from None
+        raise CsError(CsErrorCode.ERR_MESSAGE_ERROR,
+                      f"get {key}: unknown type {res.type}") from None
 
 
 class Cmap(_CmapProtocol, ServiceHandle):
@@ -470,7 +471,7 @@ class AsyncCmap(_CmapProtocol, AsyncServiceHandle):
     async def iter_finalize(self, iter_handle: int) -> None:
         await self._run(self._plan_iter_finalize(iter_handle))
 
-    def iter_prefix(self, prefix: str = "") -> AsyncIterator[IterEntry]:
+    def iter_prefix(self, prefix: str = "") -> AsyncGenerator[IterEntry, None]:
         return self._iterate(self._plan_iter_init(prefix), self._plan_iter_next,
                              self._plan_iter_finalize)
 

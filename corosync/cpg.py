@@ -41,11 +41,12 @@ from __future__ import annotations
 
 import enum
 import os
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from typing import Any, Final, Union
 
-from corosync._common import (AsyncServiceHandle, CsError, CsErrorCode, DispatchFlags, Pause,
-                              Plan, Request, SendOnly, ServiceHandle, check, decode_reply)
+from corosync._common import (AsyncServiceHandle, CsError, CsErrorCode, DispatchFlags,
+                              HandleCore, Pause, Plan, Request, SendOnly, ServiceHandle, check,
+                              decode_reply)
 from corosync.lib.ipc import AsyncIpcClient, IpcClient, IpcError, pack_request
 from corosync.lib.proto import cpg as proto
 from corosync.lib.proto.common import CPG_MAX_NAME_LENGTH, RingId
@@ -93,14 +94,14 @@ def _request(req: Any) -> Request:
     return Request(pack_request(req.ID, req.encode()))
 
 
-class _CpgProtocol:
+class _CpgProtocol(HandleCore):
     """Call plans and event decoding shared by :class:`Cpg` and :class:`AsyncCpg`."""
 
     SERVICE = SERVICE
 
     def __init__(self, client: Any, deliver: DeliverFn | None, confchg: ConfchgFn | None,
                  totem_confchg: TotemConfchgFn | None, flags: ModelFlags, context: Any) -> None:
-        super().__init__(client, context)  # type: ignore[call-arg]
+        super().__init__(client, context)
         self.deliver_fn = deliver
         self.confchg_fn = confchg
         self.totem_confchg_fn = totem_confchg
@@ -376,7 +377,8 @@ class AsyncCpg(_CpgProtocol, AsyncServiceHandle):
         await self._run(self._plan_iter_finalize(iteration_handle))
 
     def iteration(self, iteration_type: IterationType = IterationType.ALL,
-                  group: bytes | str | None = None) -> AsyncIterator[IterationDescription]:
+                  group: bytes | str | None = None
+                  ) -> AsyncGenerator[IterationDescription, None]:
         return self._iterate(self._plan_iter_init(IterationType(iteration_type), group),
                              self._plan_iter_next, self._plan_iter_finalize)
 

@@ -31,9 +31,9 @@ from typing import Any, Final
 
 from attrs import frozen
 
-from corosync._common import (AsyncServiceHandle, CsError, CsErrorCode, DispatchFlags, Plan,
-                              Reply, ServiceHandle, TrackFlags, check, decode_reply,
-                              event_decoder, single_request)  # noqa: F401 (decode_reply: re-export)
+from corosync._common import (  # noqa: F401 (decode_reply: re-exported for old importers)
+    AsyncServiceHandle, CsError, CsErrorCode, DispatchFlags, HandleCore, Plan, Reply,
+    ServiceHandle, TrackFlags, check, decode_reply, event_decoder, single_request)
 from corosync.lib.ipc import AsyncIpcClient, IpcClient
 from corosync.lib.proto import quorum as proto
 from corosync.lib.proto.common import ProtoError
@@ -83,7 +83,7 @@ def _u32(reply: Reply, what: str) -> int:
         raise CsError(CsErrorCode.ERR_MESSAGE_ERROR, str(exc)) from None
 
 
-class _QuorumProtocol:
+class _QuorumProtocol(HandleCore):
     """Events and call plans both quorum handles share."""
 
     SERVICE = "quorum"

@@ -25,7 +25,7 @@ from typing import Any
 from attrs import frozen
 
 from corosync._common import (AsyncServiceHandle, CsError, CsErrorCode, DispatchFlags,
-                              ServiceHandle, TrackFlags, decode_reply, encode_body,
+                              HandleCore, ServiceHandle, TrackFlags, decode_reply, encode_body,
                               event_decoder)
 from corosync.lib.proto import votequorum as proto
 from corosync.lib.proto.votequorum import (INFO_ALLOW_DOWNSCALE, INFO_AUTO_TIE_BREAKER,
@@ -70,7 +70,7 @@ NodelistFn = Callable[[NodelistNotification], None]
 ExpectedVotesFn = Callable[[ExpectedVotesNotification], None]
 
 
-class _VqProtocol:
+class _VqProtocol(HandleCore):
     """Events and request bodies both votequorum handles share."""
 
     SERVICE = "votequorum"

@@ -236,7 +236,8 @@ async def test_async_votequorum_qdevice_calls_send_libvotequorum_bytes(
             _, body = await both_flavours(blocking, handle, server, "qdevice_unregister", "Qdevice")
             assert absolute(pvq.REQ_QDEVICE_UNREGISTER, body) == absolute(
                 pvq.REQ_QDEVICE_UNREGISTER, pvq.enc_qdevice_name("Qdevice"))
-            assert struct.unpack_from("<i4xi", absolute(pvq.REQ_QDEVICE_UNREGISTER, body)) == (6, 272)
+            raw = absolute(pvq.REQ_QDEVICE_UNREGISTER, body)
+            assert struct.unpack_from("<i4xi", raw) == (6, 272)
 
             _, body = await both_flavours(blocking, handle, server, "qdevice_update", "old", "new")
             raw = absolute(pvq.REQ_QDEVICE_UPDATE, body)
