@@ -23,6 +23,7 @@ import enum
 import errno
 import logging
 import os
+import struct
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator, Mapping
 from typing import Any, ClassVar, Final, TypeVar
@@ -357,7 +358,7 @@ class HandleCore:
         msg_id, _error, payload = raw
         try:
             return self._decode_event(msg_id, payload)
-        except (ProtoError, ValueError, CsError) as exc:
+        except (ProtoError, ValueError, CsError, struct.error) as exc:
             self.dropped_events += 1
             _bad_event_log(self.SERVICE).warning(
                 "event", "%s: dropped event %d: %s", self.SERVICE, msg_id, exc)

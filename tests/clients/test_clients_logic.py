@@ -10,6 +10,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from corosync._common import (CsError, CsErrorCode, DispatchFlags, Pause, Reply, Request,
                               cs_strerror, gnu_getopt, GetoptError, run_blocking)
@@ -449,3 +451,16 @@ def test_cfg_ring_status_ignores_the_error_field_like_libcfg() -> None:
         Cfg(client).kill_node(9, "x" * 400)  # type: ignore[arg-type]
     assert info.value.code is CsErrorCode.ERR_NOT_EXIST
     assert len(client.sent[0][0]) == 288      # an over-long reason is cut, as libcfg does
+
+
+@settings(max_examples=300, deadline=None)
+@given(handle_cls=st.sampled_from([Quorum, Votequorum, Cfg, Cmap, Cpg]),
+       msg_id=st.integers(-2, 20), payload=st.binary(max_size=300))
+def test_no_event_bytes_make_dispatch_raise(handle_cls: type, msg_id: int,
+                                            payload: bytes) -> None:
+    client = ScriptedClient()
+    handle = handle_cls(client)
+    client.events = [(msg_id, OK, payload)]
+    before = handle.dropped_events
+    assert handle.dispatch(DispatchFlags.ALL) == 1
+    assert handle.dropped_events in (before, before + 1)
