@@ -316,10 +316,15 @@ def reload_config(old: Any, read: Callable[[], Any], cmap: Any, targets: ReloadT
             return ReloadResult(CS_ERR_INVALID_PARAM)
         return _invalid(cmap, log, ReloadInvalid("Configuration is not valid",
                                                  f"parse error in config: {exc}"))
+    except Exception as exc:  # a loader bug: refuse the reload, never crash the node
+        log(LogLevel.ERROR, "CFG", f"Unable to reload config file: {exc!r}")
+        return ReloadResult(CS_ERR_INVALID_PARAM)
     try:
         plan = plan_reload(old, new, cmap, live_totem)
     except ReloadInvalid as exc:
         return _invalid(cmap, log, exc)
+    except Exception as exc:  # same: a bug in planning changes nothing
+        return _invalid(cmap, log, ReloadInvalid("Configuration is not valid", repr(exc)))
     _set_flag(cmap, KEY_TOTEM_RELOAD, 1)
     _set_flag(cmap, KEY_RELOAD, 1)
     try:

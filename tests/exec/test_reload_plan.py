@@ -269,3 +269,16 @@ def test_embedded_default_reloads_as_itself():
     cmap.load_config(old)
     plan = plan_reload(old, new, cmap, old.totem_config)
     assert plan.sets == [] and plan.deletes == [] and plan.refused == []
+
+
+def test_a_loader_bug_is_refused_not_raised():
+    r = Run(conf())
+
+    def broken():
+        raise RuntimeError("boom")
+
+    result = reload_config(r.old, broken, r.cmap, r.targets, r.old.totem_config, r.log)
+    assert result.status == CS_ERR_INVALID_PARAM
+    assert r.logs == [(LogLevel.ERROR, "CFG", "Unable to reload config file: "
+                                              "RuntimeError('boom')")]
+    assert r.events == [] and r.targets.calls == []
