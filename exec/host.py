@@ -306,6 +306,9 @@ class ServiceHost:
         self.queue_critical = False
         #: ... because the queue itself is at the critical level (requests are held)
         self._queue_full = False
+        #: a deferred lift of that flow control is scheduled (driver timer handle)
+        self._lift_timer: Any = None
+        self._lifting = False
         #: corosync refuses IPC connections (EAGAIN) until its first sync completed;
         #: ``on_ready`` fires once then (e.g. set every IpcServer's ``ready``)
         self.ready = False
@@ -497,11 +500,30 @@ class ServiceHost:
             full = usage > QUEUE_FC_ON or (full and usage >= QUEUE_FC_OFF)
         refusing = full or (load is not None and self.admission.refusing)
         if refusing != self.queue_critical or full != self._queue_full:
+            if (self.queue_critical and not refusing and self._timer_add is not None
+                    and not self._lifting):
+                # Lift when the work at hand is done, not in the middle of a token's
+                # deliveries: the client would fill its request ring while we still
+                # deliver, and those requests wait uncounted (see :class:`Admission`).
+                if self._lift_timer is None:
+                    self._lift_timer = self._timer_add(0, self._deferred_lift)
+                return
             if refusing != self.queue_critical:
                 self.stats.queue_fc_changes += 1
             self.queue_critical = refusing
             self._queue_full = full
             self._apply_fc()
+
+    def _deferred_lift(self) -> None:
+        """The driver's 0 ms timer: the task that wanted to lift flow control yielded."""
+        self._lift_timer = None
+        self._lifting = True
+        try:
+            self.check_queue()
+        except Exception as exc:  # never let a driver timer die on us
+            self.log(LogLevel.ERROR, "MAIN", f"flow control check failed: {exc!r}")
+        finally:
+            self._lifting = False
 
     def exec_exit(self) -> None:
         for svc in self.services.values():

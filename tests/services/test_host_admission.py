@@ -227,3 +227,32 @@ def test_pg_backlog_and_drain_per_visit():
         for _ in range(4):
             pg.mcast([b"a"], big, Guarantee.AGREED, 0)
     assert pg.drain_per_visit > 10.0
+
+
+def test_lifting_waits_for_the_driver_to_finish_its_work():
+    """With driver timers the lift runs from a 0 ms timer (after the current batch of
+    deliveries), never in the middle of it; flow control goes *on* at once."""
+    timers: list = []
+    env = Env()
+    host = ServiceHost(1, CmapStore(), env._mcast, send_ok=lambda n: True,
+                       services=[CmapService, CpgService],
+                       send_load=lambda: (env.backlog, env.per_visit),
+                       timer_add=lambda ms, fn: timers.append((ms, fn)) or len(timers),
+                       timer_del=lambda h: None)
+    host.sync_in_process = False
+    conn = Conn(20)
+    assert host.ipc_handlers["cpg"].on_connect(conn)
+    env.backlog = 25
+    host.check_queue()
+    assert (conn.level, timers) == (FC_SYNC, [])           # on: immediately
+    env.backlog = 5
+    host.check_queue()
+    host.check_queue()                                      # e.g. the next delivery
+    assert conn.level == FC_SYNC and [ms for ms, _ in timers] == [0]  # one timer, pending
+    env.backlog = 30                                        # refilled before it fired
+    timers.pop()[1]()
+    assert conn.level == FC_SYNC                            # nothing to lift any more
+    env.backlog = 0
+    host.check_queue()
+    timers.pop()[1]()
+    assert conn.level == FC_OFF and host.stats.queue_fc_changes == 2 and not timers
