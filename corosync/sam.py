@@ -40,7 +40,6 @@ Errors are :class:`~corosync._common.CsError` with the ``cs_error_t`` libsam wou
 from __future__ import annotations
 
 import enum
-import errno
 import logging
 import os
 import select
