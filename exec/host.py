@@ -336,12 +336,17 @@ class ServiceHost:
         self.ipc_handlers: dict[str, ServiceIpcHandler] = {
             s.ipc_name: ServiceIpcHandler(self, s) for s in self.services.values() if s.ipc_name}
         self._log_counts: dict[str, int] = {}
-        #: (service, fn) → [rx key, rx count, tx key, tx count] (runtime.services.*)
-        self._fn_stats: dict[tuple[int, int], list[Any]] = {}
+        #: exec id (service << 16 | fn) → [rx key, rx count, tx key, tx count]
+        #: (runtime.services.*); keyed by the raw id the messages carry: no tuple per message
+        self._fn_stats: dict[int, list[Any]] = {}
         self._stats_dirty = False
-        self._dirty_entries: set[tuple[int, int]] = set()
+        self._dirty_entries: set[int] = set()
         for svc in self.services.values():
             self._register(svc)
+        #: the services' ``pump`` methods, looked up once (pump runs after every delivery)
+        self._pumps: list[Callable[[], None]] = [
+            p for p in (getattr(svc, "pump", None) for svc in self.services.values())
+            if callable(p)]
 
     def _register(self, svc: Service) -> None:
         """What corosync's service loader publishes (service.c): the engine's cmap keys
@@ -357,7 +362,7 @@ class ServiceHost:
                 rx, tx = f"{base}.{fn}.rx", f"{base}.{fn}.tx"
                 self.cmap.set(rx, 0, CmapType.UINT64)
                 self.cmap.set(tx, 0, CmapType.UINT64)
-                self._fn_stats[(int(svc.id), fn)] = [rx, 0, tx, 0]
+                self._fn_stats[(int(svc.id) << 16) | fn] = [rx, 0, tx, 0]
         except Exception as exc:  # a store refusing our keys must not stop the services
             self.log(LogLevel.WARNING, "MAIN", f"cmap keys of {svc.name}: {exc!r}")
         self.log(LogLevel.NOTICE, "SERV", f"Service engine loaded: {svc.name} [{int(svc.id)}]")
@@ -365,11 +370,11 @@ class ServiceHost:
     def _count_fn(self, raw_id: int, tx: bool) -> None:
         """Count in memory; :meth:`flush_stats` publishes (a cmap write per message would
         cost more than the rest of the message's trip through the service layer)."""
-        entry = self._fn_stats.get((raw_id >> 16, raw_id & 0xFFFF))
+        entry = self._fn_stats.get(raw_id)
         if entry is not None:
             entry[3 if tx else 1] += 1
             self._stats_dirty = True
-            self._dirty_entries.add((raw_id >> 16, raw_id & 0xFFFF))
+            self._dirty_entries.add(raw_id)
 
     def flush_stats(self) -> None:
         """Write the runtime.services.*.rx/tx counters to cmap.  Done before every cmap IPC
@@ -466,10 +471,8 @@ class ServiceHost:
         """Retry work refused earlier by a full queue (sync messages, dead clients' leaves).
         Called after every delivery; a driver may also call it when the token moved."""
         self.sync.pump()
-        for svc in self.services.values():
-            pump = getattr(svc, "pump", None)
-            if pump is not None:
-                pump()
+        for pump in self._pumps:
+            pump()
         self.check_queue()
 
     def check_queue(self) -> None:
