@@ -13,7 +13,6 @@ import logging
 import os
 import ssl
 import struct
-import subprocess
 import time
 from typing import Any, Callable, Optional, Protocol
 
@@ -22,6 +21,7 @@ import trio
 from corosync.exec.qnetd import protocol as P
 
 from . import core as C
+from .heuristics import HeuristicsRunner
 from .ipc import handle_request
 from .vq import ExpectedVotesEvent, NodelistEvent, QuorumEvent, VqEvent
 
@@ -66,6 +66,8 @@ class QdeviceDriver:
         self._send_q, self._recv_q = trio.open_memory_channel[list](float("inf"))
         self._nursery: Optional[trio.Nursery] = None
         self.stats = {"polls": 0, "poll_errors": 0, "messages_in": 0, "messages_out": 0}
+        #: the heuristics worker process (started in run() when heuristics are configured)
+        self.heuristics = HeuristicsRunner(self._heuristics_result)
 
     # ------------------------------------------------------------------ glue
     def wall(self, mono: float) -> float:
@@ -99,6 +101,8 @@ class QdeviceDriver:
             nursery.start_soon(self._executor)
             nursery.start_soon(self._timers)
             nursery.start_soon(self._vq_events)
+            if self.core.cfg.heuristics_enabled:
+                await nursery.start(self.heuristics.serve)
             if self.socket_path:
                 await nursery.start(self._ipc_server)
             task_status.started()
@@ -165,36 +169,13 @@ class QdeviceDriver:
                 self.stats["poll_errors"] += 1
                 log.info("votequorum qdevice poll failed: %s", exc)
         elif isinstance(act, C.RunHeuristics):
-            assert self._nursery is not None
-            self._nursery.start_soon(self._heuristics, act.seq, act.timeout_ms)
+            self.heuristics.request(act.seq, act.timeout_ms, self.core.cfg.heuristics_execs)
         elif isinstance(act, C.Exit):
             log.error("Giving up: %s", act.reason)
             self.exit_reason = act.reason
             self.stop(1)
 
-    async def _heuristics(self, seq: int, timeout_ms: int) -> None:
-        """All exec_* commands at once through /bin/sh; pass = every one exits 0 in time."""
-        results: dict[str, bool] = {}
-
-        async def one(name: str, command: str) -> None:
-            try:
-                proc = await trio.run_process(["/bin/sh", "-c", command], check=False,
-                                              stdin=subprocess.DEVNULL,
-                                              stdout=subprocess.DEVNULL,
-                                              stderr=subprocess.DEVNULL)
-                results[name] = proc.returncode == 0
-            except OSError as exc:
-                log.error("Can't execute heuristics %s: %s", name, exc)
-                results[name] = False
-
-        with trio.move_on_after(timeout_ms / 1000):
-            async with trio.open_nursery() as nursery:
-                for name, command in self.core.cfg.heuristics_execs:
-                    nursery.start_soon(one, name, command)
-        passed = len(results) == len(self.core.cfg.heuristics_execs) and all(results.values())
-        for name, _ in self.core.cfg.heuristics_execs:
-            if name not in results:
-                log.warning("Heuristics %s timed out", name)
+    def _heuristics_result(self, seq: int, passed: bool) -> None:
         self._event(None, lambda now: self.core.on_heuristics_result(seq, passed, now))
 
     def _drop_connection(self) -> None:
