@@ -386,6 +386,7 @@ class ServiceLayer:
         self.cmap = cmap
         self.stats_cmap = stats_cmap
         self.host: Any = None
+        self.totem_watcher: Any = None
         self.servers: list[Any] = []
         self.first_sync_done = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -409,6 +410,12 @@ class ServiceLayer:
         node.confchg_handlers.append(host.on_confchg)
         node.deliver_handlers.append(host.on_deliver)
         node.sync_hook = self._sync_started
+        if hasattr(node, "apply_totem_config"):
+            from .reload import TotemKeyWatcher
+
+            # operators' run-time totem.* edits through cmap reach the running Totem
+            self.totem_watcher = TotemKeyWatcher(self.cmap, node, lambda: node.srp.config,
+                                                 self.log.log)
         return host
 
     # -- executive hooks offered to the services (services/cfg.py probes them) ------------

@@ -348,3 +348,73 @@ def _invalid(cmap: Any, log: LogFn, exc: ReloadInvalid) -> ReloadResult:
     _set_flag(cmap, KEY_RELOAD, 1)
     _finish(cmap, CS_ERR_INVALID_PARAM)
     return ReloadResult(CS_ERR_INVALID_PARAM)
+
+
+# ---------------------------------------------------------------------------------------
+# run-time totem.* edits (corosync-cmapctl -s totem.token u32 5000)
+# ---------------------------------------------------------------------------------------
+#: totem.* keys corosync re-reads when they change at run time (totemconfig.c's volatile
+#: parameters, plus token_coefficient which only feeds the token computation)
+VOLATILE_TOTEM_KEYS = frozenset(f"totem.{name}" for name in (
+    "token token_warning token_retransmit hold token_retransmits_before_loss_const join "
+    "send_join consensus merge downcheck fail_recv_const seqno_unchanged_const "
+    "heartbeat_failures_allowed max_network_delay window_size max_messages miss_count_const "
+    "knet_pmtud_interval knet_mtu knet_compression_threshold knet_compression_level "
+    "knet_compression_model block_unlisted_ips cancel_token_hold_on_retransmit "
+    "token_coefficient").split())
+_RING0_KEY = re.compile(r"^nodelist\.node\.\d+\.ring0_addr$")
+
+
+class TotemKeyWatcher:
+    """Apply run-time changes of the volatile ``totem.*`` keys, as corosync's
+    totem_change_notify does: outside a full reload (``config.reload_in_progress`` 1: the
+    reload applies everything at its end), any ADD/MODIFY/DELETE of such a key re-derives
+    the timers from the live cmap (a deleted key falls back to its default), publishes
+    ``runtime.config.totem.*`` and hands them to Totem.
+
+    Difference: corosync applies values that fail its limits and only logs the error; we
+    log the same error and keep running with the previous values."""
+
+    def __init__(self, cmap: Any, targets: ReloadTargets,
+                 live_totem: Callable[[], TotemConfig], log: LogFn) -> None:
+        self.cmap = cmap
+        self.targets = targets
+        self.live_totem = live_totem
+        self.log = log
+        self.applied = 0
+        from .cmap import Track
+
+        self.handle = cmap.track_add("totem.", Track.ADD | Track.DELETE | Track.MODIFY
+                                     | Track.PREFIX, self._changed)
+
+    def close(self) -> None:
+        self.cmap.track_delete(self.handle)
+
+    def _changed(self, event: Any, key: str, new: Any, old: Any) -> None:
+        if key not in VOLATILE_TOTEM_KEYS or self.cmap.get(KEY_RELOAD, 0):
+            return
+        try:
+            self.apply()
+        except Exception as exc:  # never let a cmap client's write crash the node
+            self.log(LogLevel.ERROR, "TOTEM", f"Applying {key} failed: {exc!r}")
+
+    def apply(self) -> None:
+        from .config.model import timers_from_keys
+
+        members = sum(1 for key in self.cmap.keys("nodelist.node.") if _RING0_KEY.match(key))
+        keys = [(k, e.value, e.type) for k, e in self.cmap.iter_prefix("totem.")]
+        try:
+            config, runtime = timers_from_keys(keys, members)
+        except ConfigError as exc:
+            self.log(LogLevel.ERROR, "TOTEM", f"parse error in config: {exc.message} "
+                                              f"(totem values unchanged)")
+            return
+        live = self.live_totem()
+        config = attrs.evolve(config, netmtu=live.netmtu,
+                              transport_overhead=live.transport_overhead)
+        self.log(LogLevel.DEBUG, "TOTEM",
+                 "Totem related config key changed. Dumping actual totem config.")
+        for key, value, t in runtime:
+            self.cmap.set(key, value, t)
+        self.targets.apply_totem_config(config)
+        self.applied += 1

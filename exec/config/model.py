@@ -257,6 +257,27 @@ def load_config(
     return _Builder(keymap, list(local_addrs), use_hostname).build()
 
 
+def timers_from_keys(
+    keys: Iterable[tuple[str, Any, CmapType]], member_count: int, path: str = "cmap"
+) -> tuple[TotemConfig, list[tuple[str, Any, CmapType]]]:
+    """Totem timers from ``totem.*`` keys as they are *now* (e.g. the live cmap after an
+    operator's ``corosync-cmapctl -s totem.token u32 5000``), with the same defaults,
+    derivations and limits as at start-up (corosync re-reads its volatile totem values
+    from cmap the same way).  Returns the config and its ``runtime.config.totem.*``
+    entries (link ping timers left out: they are fixed at start).  Raises ConfigError."""
+    km = KeyMap(path=path, keys={}, section_lines={}, warnings=[])
+    for key, value, t in keys:
+        km.set(key, value, t)
+    builder = _Builder(km, [], False)
+    totem = TotemSettings()
+    totem.netmtu = builder.n("totem.netmtu") or 1500
+    totem.block_unlisted_ips = builder.yes_no("totem.block_unlisted_ips", True)
+    totem.cancel_token_hold_on_retransmit = builder.yes_no(
+        "totem.cancel_token_hold_on_retransmit", False)
+    nodes = [NodeEntry(index=i, nodeid=i + 1, addrs={0: ""}) for i in range(member_count)]
+    return builder.read_timers(totem, nodes)
+
+
 class _Builder:
     """Applies corosync's totem-config rules to the flat keys of one file."""
 
@@ -909,4 +930,5 @@ __all__ = [
     "config_path_from_env",
     "default_config_text",
     "load_config",
+    "timers_from_keys",
 ]

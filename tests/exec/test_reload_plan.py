@@ -282,3 +282,51 @@ def test_a_loader_bug_is_refused_not_raised():
     assert r.logs == [(LogLevel.ERROR, "CFG", "Unable to reload config file: "
                                               "RuntimeError('boom')")]
     assert r.events == [] and r.targets.calls == []
+
+
+# -- run-time totem.* edits (corosync-cmapctl -s totem.token …) ----------------------------
+def watched(text: str):
+    from corosync.exec.reload import TotemKeyWatcher
+
+    r = Run(text)
+    live = [r.old.totem_config]
+
+    def apply(cfg):
+        live[0] = cfg
+        r.targets.calls.append(("totem", cfg))
+
+    r.targets.apply_totem_config = apply
+    return r, TotemKeyWatcher(r.cmap, r.targets, lambda: live[0], r.log), live
+
+
+def test_run_time_token_edit_is_applied_and_published():
+    r, watcher, live = watched(conf(token=1000, coefficient=650, nodes=(1, 2, 3)))
+    assert r.cmap.get("runtime.config.totem.token") == 1650
+    r.cmap.set("totem.token", 2000, CmapType.UINT32, client=True)
+    assert live[0].token == 2650 and live[0].consensus == int(1.2 * 2650)
+    assert r.cmap.get("runtime.config.totem.token") == 2650
+    assert r.cmap.get("runtime.config.totem.consensus") == int(1.2 * 2650)
+    r.cmap.delete("totem.token", client=True)  # back to the default (3000)
+    assert live[0].token == 3000 + 650
+    r.cmap.set("totem.token_coefficient", 0, CmapType.UINT32, client=True)
+    assert live[0].token == 3000
+    assert live[0].netmtu == r.old.totem_config.netmtu
+
+
+def test_run_time_edit_out_of_limits_keeps_the_old_values():
+    r, watcher, live = watched(conf(token=1000))
+    before = live[0]
+    r.cmap.set("totem.token", 10, CmapType.UINT32, client=True)
+    assert live[0] is before and r.cmap.get("runtime.config.totem.token") == 1000
+    assert any("The token timeout parameter (10 ms) may not be less than (30 ms)." in t
+               for t in r.texts())
+
+
+def test_run_time_watcher_ignores_other_keys_and_full_reloads():
+    r, watcher, live = watched(conf(token=1000))
+    r.cmap.set("totem.cluster_name", "x", CmapType.STRING)
+    assert watcher.applied == 0
+    r.old.totem_config = live[0]
+    r.reload(conf(token=1500, logging=" debug: on"))
+    assert watcher.applied == 0  # the reload applied it once, itself
+    assert live[0].token == 1500 and r.cmap.get("runtime.config.totem.token") == 1500
