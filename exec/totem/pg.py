@@ -14,9 +14,17 @@ Sender
     that does not fit fills the buffer to ``config.pg_max_packet`` bytes of (lengths +
     data), which is sent at once with a fragment id in ``fragmented``; the next packet
     continues it (``continuation`` = that id).  With these rules our packets are byte for
-    byte those of the real nodes (tests replay the shared captures).  A message is
-    accepted all-or-nothing: :meth:`TotemPg.mcast` first checks that Srp's queue has a
-    slot for every packet the message makes the packer emit now.
+    byte those of the real nodes (tests replay the shared captures).  One deviation: on a
+    quiet ring (no token visit for :data:`QUIET_RING_MS`) the first message goes to Srp at
+    once, since the representative may be holding the token and only an Srp send cancels
+    that hold (receivers accept any packing).  A message is accepted all-or-nothing:
+    :meth:`TotemPg.mcast` first checks that Srp's queue has a slot for every packet the
+    message makes the packer emit now.
+
+Send rate
+    :meth:`TotemPg.backlog` (packets waiting for a token) and
+    :attr:`TotemPg.drain_per_visit` (packets this node sends per token visit, measured in
+    the token hook) are what the service host's admission control bounds (exec/host.py).
 
 Receiver
     Reassembly per sender nodeid with the real nodes' state machine (§4.3), including the
@@ -81,6 +89,9 @@ MESSAGE_SIZE_MAX = 1024 * 1024
 REASSEMBLY_MAX = MESSAGE_SIZE_MAX + 65536
 #: At most one Log action per drop reason per this many ms of ``now``.
 LOG_INTERVAL_MS = 10_000
+#: No token visit for this long: the ring is quiet (its token may be held), so a message
+#: arriving to an empty packing buffer is handed to Srp at once (see TotemPg.mcast).
+QUIET_RING_MS = 10
 
 def _pg_error_text(exc: WireError, sender: int, payload: bytes, swapped: bool) -> str:
     """corosync's wording for a refused totempg packet (totempg_deliver_fn)."""
@@ -134,6 +145,7 @@ class PgStats:
     throw_away_entered: int = 0  # broken continuations (real nodes' throw-away mode)
     straddle_aborts: int = 0  # own partial messages aborted and re-sent at a change
     token_visits: int = 0  # token receptions seen through the hook
+    quiet_flushes: int = 0  # messages sent at once because no token came for a while
     dropped: dict[str, int] = field(factory=dict)
 
 
@@ -197,6 +209,7 @@ class TotemPg:
         self._queue_cap = srp.queue_space()
         self._queued_at_token = 0
         self._tx_at_token = 0
+        self._last_visit = 0  # ``now`` of the last token visit
         self._max_per_visit = max(1, int(cfg.max_messages))
         #: packets this node sent per token visit when it had more queued than it could
         #: send (a moving average; starts at ``max_messages``, the most Srp ever sends)
@@ -320,6 +333,14 @@ class TotemPg:
             self._buf_size += size
             stats.msgs_tx += 1
             stats.bytes_tx += size
+            if len(buf) == 1 and now - self._last_visit >= QUIET_RING_MS:
+                # A quiet ring: the representative may hold the token (up to ``hold`` ms,
+                # §3.5) and only an Srp send cancels that hold.  The first message after
+                # the quiet spell goes to Srp at once instead of waiting in the buffer.
+                stats.quiet_flushes += 1
+                actions: list[Action] = []
+                self._flush(actions, now)
+                return self._process(actions, now) if actions else actions
             return []
         if size > MESSAGE_SIZE_MAX:
             raise ValueError(f"totempg message of {size} bytes exceeds {MESSAGE_SIZE_MAX}")
@@ -425,6 +446,7 @@ class TotemPg:
         """
         stats = self.stats
         stats.token_visits += 1
+        self._last_visit = self._now
         space = self.srp.queue_space
         queued = self._queue_cap - space()
         # what left the queue since the last visit = queued then + handed over since - now
