@@ -29,7 +29,9 @@ Facts from corosync 3.1.7 (exec/cfg.c, exec/totemconfig.c), observed on Debian's
   ``Modified entry '<key>' in corosync.conf cannot be changed at run-time`` (notice);
 * Totem timers are re-derived (token + (N−2)·token_coefficient, token_retransmit, hold,
   consensus unless given) and published under ``runtime.config.totem.*``; the knet ping
-  timers of link 0 keep their start-up values;
+  timers of the links (published even on udpu) are recomputed from the token in effect
+  *before* the reload (token/2, token/4), an off-by-one-reload quirk of 3.1.7 kept so the
+  keys match a real node's;
 * a nodelist entry whose node id stays but whose address changed fails the reload
   (``To reconfigure an interface it must be deleted and recreated…``);
 * added/removed nodes become transport members (``adding new UDPU member {ip}`` /
@@ -188,6 +190,12 @@ def _addresses(config: Any) -> dict[int, str]:
     return out
 
 
+def _derived(config: Any, key: str) -> bool:
+    """A key the loader made up (no line in the file), e.g. ``totem.interface.0.bindnetaddr``."""
+    entry = config.keymap.get(key)
+    return entry is not None and entry.line is None
+
+
 def _values_equal(cmap: Any, key: str, value: Any, t: CmapType) -> bool:
     if key not in cmap:
         return False
@@ -219,19 +227,34 @@ def plan_reload(old: Any, new: Any, cmap: Any, live_totem: TotemConfig) -> Reloa
             "interface needs to be available to corosync at all times", tuple(moved))
 
     plan = ReloadPlan()
+    # Interface keys the loader derives at start-up (bindnetaddr from the local node, udp's
+    # mcastaddr/mcastport) are not part of a reload: 3.1.7 deletes them from cmap then
+    # (observed), while the sockets keep using them.
     wanted: dict[str, tuple[Any, CmapType]] = {
-        k.key: (k.value, k.type) for k in new.keymap.keys.values()}
-    # runtime.config.totem.*: the re-derived timers; link knet ping timers stay as started
+        k.key: (k.value, k.type) for k in new.keymap.keys.values()
+        if not (k.line is None and FIXED_KEY_RE.match(k.key))}
+    # runtime.config.totem.*: the re-derived timers …
     for key, value, t in new.runtime_entries:
         if not key.startswith("runtime.config.totem.interface."):
             wanted[key] = (value, t)
+    # … and the links' knet ping timers, which 3.1.7 recomputes from the token in effect
+    # *before* the reload (observed: token 300 → 700 → 800 leaves 350/175) unless set
+    for link, iface in sorted(getattr(new.totem, "interfaces", {}).items()):
+        pong = int(getattr(iface, "knet_pong_count", 0) or 2)
+        base = f"totem.interface.{link}."
+        for name, value in (("knet_ping_timeout", live_totem.token // pong),
+                            ("knet_ping_interval", live_totem.token // (pong * 2))):
+            explicit = new.keymap.get(base + name)
+            if explicit is not None and explicit.value:
+                value = int(explicit.value)
+            wanted[f"runtime.config.{base}{name}"] = (value, CmapType.UINT32)
 
     for prefix in DELETE_PREFIXES:
         for key in cmap.keys(prefix):
             if key in wanted:
                 continue
-            if is_fixed_key(key):
-                plan.refused.append(key)
+            if is_fixed_key(key) and not _derived(old, key):
+                plan.refused.append(key)  # removed from the file: kept, and said so
             else:
                 plan.deletes.append(key)
     for key in sorted(wanted):

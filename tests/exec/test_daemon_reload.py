@@ -286,6 +286,13 @@ def test_mixed_ring_reload_both_ways(lab: Lab) -> None:
                        == "runtime.config.totem.token (u32) = 800\n", 10,
                        "the real node to reload")
         assert lab.cmap(1, "runtime.config.totem.token").endswith("= 800")
+        # after the same reloads both implementations hold the same keys and values
+        for prefix in ("config.", "runtime.config.totem.", "totem.", "quorum.", "nodelist."):
+            theirs = real_run(DEB_CMAPCTL, "-b", prefix).stdout
+            mine = lab.run(1, DEB_CMAPCTL, "-b", prefix).stdout
+            if prefix == "nodelist.":  # local_node_pos differs: n1 vs n2
+                theirs = theirs.replace("local_node_pos (u32) = 1", "local_node_pos (u32) = 0")
+            assert mine == theirs, (prefix, mine, theirs)
         assert proc.poll() is None and ours.alive()
     finally:
         if proc.poll() is None:

@@ -86,14 +86,16 @@ FLAGS_OK = [(KEY_TOTEM_RELOAD, 1), (KEY_RELOAD, 1), (KEY_STATUS, CS_OK),
             (KEY_TOTEM_RELOAD, 0), (KEY_RELOAD, 0)]
 
 
-def test_unchanged_file_touches_nothing_but_the_flags():
+def test_unchanged_file_touches_nothing_but_the_flags_and_derived_keys():
     r = Run(conf())
     before = r.cmap.dump()
     assert r.reload(conf()).status == CS_OK
     assert r.events == FLAGS_OK
     after = "".join(line + "\n" for line in r.cmap.dump().splitlines()
                     if not line.startswith("config."))
-    assert after == before
+    # the start-up-derived bindnetaddr goes, as on a real node (observed)
+    assert after == before.replace("totem.interface.0.bindnetaddr (str) = 10.0.0.1\n", "")
+    assert "totem.interface.0.bindnetaddr" in before
     plan_calls = [c[0] for c in r.targets.calls]
     assert plan_calls == ["totem"]  # same timers pushed again, nothing else
 
@@ -165,8 +167,13 @@ def test_derived_timers_follow_token_and_nodelist_size():
     assert r.targets.calls[0] == ("totem", cfg)
     for name in ("token", "consensus", "token_retransmit", "hold"):
         assert r.cmap.get(f"runtime.config.totem.{name}") == getattr(cfg, name), name
-    # link 0's knet ping timers keep their start-up values (as corosync's do)
+    # link 0's knet ping timers follow the token in effect *before* the reload (3.1.7)
     assert r.cmap.get("runtime.config.totem.interface.0.knet_ping_timeout") == 500
+    assert r.cmap.get("runtime.config.totem.interface.0.knet_ping_interval") == 250
+    r.old.totem_config = cfg
+    r.reload(conf(token=2000, coefficient=650, nodes=(1, 2, 3, 4)))
+    assert r.cmap.get("runtime.config.totem.interface.0.knet_ping_timeout") == token // 2
+    assert r.cmap.get("runtime.config.totem.interface.0.knet_ping_interval") == token // 4
 
 
 def test_explicit_consensus_survives_and_netmtu_stays_live():
@@ -268,7 +275,20 @@ def test_embedded_default_reloads_as_itself():
     cmap = CmapStore()
     cmap.load_config(old)
     plan = plan_reload(old, new, cmap, old.totem_config)
-    assert plan.sets == [] and plan.deletes == [] and plan.refused == []
+    assert plan.sets == [] and plan.refused == []
+    assert plan.deletes == ["totem.interface.0.bindnetaddr"]
+
+
+def test_udp_derived_interface_keys_go_like_on_a_real_node():
+    """Observed on 3.1.7 (transport udp): bindnetaddr, mcastaddr and mcastport derived at
+    start-up are gone from cmap after a reload of the same file; nothing is refused."""
+    text = conf().replace("transport: udpu", "transport: udp")
+    r = Run(text)
+    assert {"totem.interface.0.bindnetaddr", "totem.interface.0.mcastaddr",
+            "totem.interface.0.mcastport"} <= set(r.cmap.keys("totem.interface.0."))
+    assert r.reload(text).status == CS_OK
+    assert r.cmap.keys("totem.interface.") == []
+    assert not any("cannot be changed" in t for t in r.texts())
 
 
 def test_a_loader_bug_is_refused_not_raised():
