@@ -24,6 +24,27 @@ Two shapes:
 
 Without root, iproute2/unshare/nsenter or the Debian package every user skips with the
 reason printed (:func:`require`).  Every process started here is stopped by pid.
+
+Typical use::
+
+    from realcorosync import real_corosync          # fixture: Debian's daemon, module scope
+
+    def test_x(real_corosync):
+        out = real_corosync.run(realcorosync.CMAPCTL, "-g", "totem.token")
+
+    @pytest.fixture
+    def lab(tmp_path):                               # a mixed ring on 198.18.0.0/24
+        with realcorosync.Lab.open(tmp_path, "xy", "my interop") as lab:
+            yield lab
+
+    def test_y(lab):
+        for i, ours in ((1, True), (2, False)):
+            d = lab.node_dir(i)
+            lab.start(i, ours, realcorosync.conf_text(
+                cluster_name="y", nodes=[(1, "198.18.0.1"), (2, "198.18.0.2")],
+                log=d / "corosync.log", dirs=d if ours else None))
+        realcorosync.wait_for(lambda: lab.synced((1, 2)), 30, lambda: lab.text(1)[-2000:])
+        lab.run(2, realcorosync.QUORUMTOOL, "-s")    # inside node 2's namespaces
 """
 
 from __future__ import annotations
