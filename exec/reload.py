@@ -32,6 +32,8 @@ Facts from corosync 3.1.7 (exec/cfg.c, exec/totemconfig.c), observed on Debian's
   timers of the links (published even on udpu) are recomputed from the token in effect
   *before* the reload (token/2, token/4), an off-by-one-reload quirk of 3.1.7 kept so the
   keys match a real node's;
+* interface keys derived at start-up (``totem.interface.0.bindnetaddr``, udp's
+  ``mcastaddr``/``mcastport``) are not in a reloaded map, so they vanish from cmap;
 * a nodelist entry whose node id stays but whose address changed fails the reload
   (``To reconfigure an interface it must be deleted and recreated…``);
 * added/removed nodes become transport members (``adding new UDPU member {ip}`` /
@@ -47,8 +49,8 @@ Deliberate differences (docs/corosync.conf.md, "Reloading"):
 * corosync's run-time-fixed list names 2.x keys (``totem.interface.mcastaddr``) that never
   match in 3.x, so a changed ``totem.interface.0.mcastport`` lands in cmap while the
   socket keeps the old one; we refuse the per-link address/port keys with the same log line,
-  so cmap never claims what the sockets do not do.  Removing a fixed key from the file is
-  refused too (corosync deletes it from cmap silently);
+  so cmap never claims what the sockets do not do.  Removing a fixed key that *was in the
+  file* is refused too (corosync deletes it from cmap silently);
 * crypto keys are refused as by a corosync built without knet crypto reconfiguration: our
   udp/udpu crypto envelope cannot be swapped on a running ring.
 """
