@@ -172,8 +172,9 @@ def load(opts: Options, log: CorosyncLog) -> tuple[Any, Any] | int:
             log.notice("MAIN", f"Corosync Cluster Engine {version()} starting up")
             log.info("MAIN", f"Corosync built-in features: {FEATURES}")
 
+    # absolute: the daemon chdirs to / when it detaches, and a reload re-reads this path
     opts.config_source = (ConfigSource(None, default_config_text()) if use_default_text
-                          else ConfigSource(path or DEFAULT_CONFIG))
+                          else ConfigSource(os.path.abspath(path or DEFAULT_CONFIG)))
     try:
         if use_default_text:
             config = load_config(text=default_config_text())

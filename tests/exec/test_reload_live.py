@@ -262,3 +262,34 @@ def test_reopen_hook_answers_ok_or_library_error(tmp_path: Path):
     os.rename(path, tmp_path / "old2.log")
     d.rmdir()
     assert hooks["reopen_log_files"]() == CsError.ERR_LIBRARY
+
+
+def test_detached_daemon_reloads_a_relative_config_path(tmp_path: Path):
+    """``corosync -c corosync.conf`` (relative) without -f: the daemon chdirs to / when it
+    detaches, yet ``-R`` re-reads the file it was started with."""
+    import signal
+
+    port = lib.pick_port(["127.0.0.1"])
+    conf = tmp_path / "corosync.conf"
+    conf.write_text(lib.node_config(nodeid=1, nodes=[(1, "127.0.0.1")], port=port,
+                                    directory=tmp_path))
+    env = {**os.environ, "COROSYNC_LOCAL_ADDRS": "127.0.0.1"}
+    r = subprocess.run([sys.executable, "-m", "corosync.exec.main", "-c", "corosync.conf"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r
+    pid = int((tmp_path / "run" / "corosync.pid").read_text())
+    try:
+        log = tmp_path / "corosync.log"
+        lib.wait_until(lambda: "Completed service synchronization" in log.read_text(), 15,
+                       "the daemon's first ring")
+        conf.write_text(conf.read_text().replace("token: 300", "token: 450"))
+        ct = subprocess.run([sys.executable, "-m", "corosync.tools.cfgtool", "-R"], env=env,
+                            capture_output=True, text=True, timeout=60)
+        assert (ct.returncode, ct.stdout) == (0, "Reloading corosync.conf...\nDone\n"), ct
+        cm = subprocess.run([sys.executable, "-m", "corosync.tools.cmapctl", "-g",
+                             "runtime.config.totem.token"], env=env, capture_output=True,
+                            text=True, timeout=60)
+        assert cm.stdout == "runtime.config.totem.token (u32) = 450\n", cm
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    lib.wait_until(lambda: not Path(f"/proc/{pid}").exists(), 15, "the daemon to exit")
