@@ -155,7 +155,9 @@ def read_new_config(path: str | None, text: str | None = None,
     on the embedded default, ``text``.  Raises ConfigError; an unreadable file becomes a
     ``parser_style`` error like a syntax error (both are parse errors for corosync)."""
     if loader is None:
-        from .config.model import load_config as loader
+        from .config.model import load_config
+
+        loader = load_config
     if text is None:
         assert path is not None
         try:

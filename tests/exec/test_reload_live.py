@@ -15,7 +15,6 @@ from pathlib import Path
 
 import attrs
 import pytest
-import trio
 
 from corosync.exec.log import CorosyncLog
 from corosync.exec.node import Node
