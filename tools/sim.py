@@ -32,6 +32,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="print the full event trace of the run (deterministic)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--token", type=int, default=400, help="totem token timeout, virtual ms (400)")
+    p.add_argument("--send-join", type=int, default=0,
+                   help="totem send_join: random 0..N ms delay before each JOIN (0 = off)")
     p.add_argument("--max-size", type=int, default=65536,
                    help="largest application message in bytes (65536)")
     p.add_argument("--interval", type=int, default=40,
@@ -67,8 +69,9 @@ def _main(argv: list[str] | None) -> int:
     if args.faults < 0 or (args.duration is not None and args.duration < 0):
         print("corosync-sim: --faults and --duration must not be negative", file=sys.stderr)
         return 2
-    if args.token < 50 or args.max_size < 20 or args.interval < 1:
-        print("corosync-sim: --token >= 50, --max-size >= 20, --interval >= 1",
+    if args.token < 50 or args.max_size < 20 or args.interval < 1 or args.send_join < 0:
+        print("corosync-sim: --token >= 50, --max-size >= 20, --interval >= 1, "
+              "--send-join >= 0",
               file=sys.stderr)
         return 2
     schedule = None
@@ -88,7 +91,8 @@ def _main(argv: list[str] | None) -> int:
         args.faults = len(schedule)
     cfg = SimConfig(nodes=args.nodes, seed=args.seed, faults=args.faults, schedule=schedule,
                     duration=args.duration, record_log=args.replay,
-                    totem={"token": args.token, "token_coefficient": 25},
+                    totem={"token": args.token, "token_coefficient": 25,
+                           "send_join": args.send_join},
                     load=LoadParams(interval=args.interval, large_max=args.max_size))
     result = Simulation(cfg).run()
     if args.replay:
@@ -132,7 +136,8 @@ def _main(argv: list[str] | None) -> int:
         for f in small.schedule:
             print(f"  {f}", file=out)
         print(f"replay: corosync-sim --nodes {args.nodes} --seed {args.seed} "
-              f"--token {args.token} --max-size {args.max_size} --interval {args.interval} "
+              f"--token {args.token} --send-join {args.send_join} "
+              f"--max-size {args.max_size} --interval {args.interval} "
               f"--duration {small.duration} --schedule "
               f"'{json.dumps(to_json(small.schedule), separators=(',', ':'))}'", file=out)
     replayed, lines = minimal_trace(small)

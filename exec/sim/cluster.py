@@ -23,6 +23,10 @@ Driver contract with the stack (``corosync.exec.totem.events``):
   re-armed or cancelled it since, or restarted.
 * ``PersistRingSeq`` is stored per node and survives crashes; a restart builds a new
   stack with ``ring_seq`` = the stored value.
+* The Srp's ``rng`` (send_join delays) is seeded from the run seed, node and incarnation.
+* A paused node's inputs wait and are handed over in order when the pause ends, before
+  any timer armed meanwhile (``StartTimer(kind, 0)`` included): Srp's pause detection
+  flushes exactly that backlog's membership messages.
 * After every REGULAR ``ConfChg`` the driver calls ``trans_ack(now)`` once the current
   action list is carried out.  This stands in for the sync protocol (which lives above
   this layer and, in the executive, ends with ``totempg_trans_ack``): here "sync" is
@@ -337,6 +341,11 @@ class Simulation:
         seen = self._probe_seen(node)
         node.stack = self.cfg.stack(node.nodeid, self.totem, node.ring_seq,
                                     lambda srp: SrpProbe(srp, seen))
+        srp = getattr(node.stack, "srp", None)
+        if srp is not None and hasattr(srp, "rng"):
+            # the driver's seeded random source (send_join delays): one stream per
+            # node incarnation, so a run stays a pure function of its seed
+            srp.rng = random.Random(f"{self.cfg.seed}:srp:{node.nodeid}:{node.incarnation}")
         self._note(f"n{node.nodeid} start (incarnation {node.incarnation}, "
                    f"ring_seq {node.ring_seq})")
         self._call(node, "start", lambda: node.stack.start(self.now))

@@ -22,7 +22,9 @@ action                       what the driver does
 
 There is exactly one timer per :class:`TimerKind`; starting an armed timer re-arms it.
 When a timer fires the driver calls ``timer_expired(kind, now)``; a driver must not fire
-a timer that was cancelled or re-armed since.
+a timer that was cancelled or re-armed since.  ``StartTimer(kind, 0)`` means "as soon as
+the driver has handed over the input it already holds" (datagrams queued while the
+process was not scheduled come first): process-pause detection relies on it.
 """
 
 from __future__ import annotations
@@ -36,13 +38,24 @@ from .wire import RingId
 
 
 class TimerKind(enum.Enum):
+    """The state machine's timers.  A driver needs no per-kind logic: it arms, cancels
+    and fires every kind the same way (new kinds must never need driver changes)."""
+
     TOKEN_LOSS = "token"
+    #: "Token has not been received in N ms": ``token_warning`` % of ``token``, re-armed
+    #: every warning period until a token arrives or the token timeout fires.
+    TOKEN_WARNING = "token_warning"
     TOKEN_RETRANSMIT = "token_retransmit"
     TOKEN_HOLD = "hold"
     JOIN = "join"
+    #: the random 0..``send_join`` ms delay before a JOIN goes out (``totem.send_join``)
+    SEND_JOIN = "send_join"
     CONSENSUS = "consensus"
     MERGE_DETECT = "merge"
     DOWNCHECK = "downcheck"
+    #: liveness heartbeat every ``token``/5 ms: guarantees the state machine hears from
+    #: its driver often enough to tell a process pause from a quiet ring (see docs/totem.md)
+    PAUSE = "pause"
 
 
 class Guarantee(enum.IntEnum):

@@ -2,7 +2,8 @@
 
 Inputs are method calls carrying the driver's clock ``now`` (ms); outputs are the
 actions of :mod:`corosync.exec.totem.events`.  Nothing here reads a clock, opens a
-socket or draws a random number, so the executive (trio) and the simulator drive the
+socket or seeds a random source (the one random delay, ``send_join``, draws from the
+generator the driver hands in), so the executive (trio) and the simulator drive the
 very same object, and every test is deterministic.
 
 The behaviour follows ``shared/spec/totem-wire.md`` §2.10–§3 (membership: GATHER →
@@ -23,6 +24,7 @@ See ``docs/totem.md`` for the driver contract, timers and counters.
 from __future__ import annotations
 
 import enum
+import random
 from collections import deque
 from typing import Callable, Optional
 
@@ -48,6 +50,9 @@ LEAVE_DUMMY_NODEID = 0
 MAX_PAYLOAD = 65536 - 2 * 45
 #: At most one "dropped" log line per reason per this many ms of driver time.
 DROP_LOG_INTERVAL = 10_000
+#: corosync's thresholds (exec/main.c) for "Totem is unable to form a cluster ..."
+MAX_NO_CONT_GATHER = 3
+MAX_NO_CONT_SENDMSG_FAILURES = 30
 _TOKEN_STATS = 100  # TOTEM_TOKEN_STATS_MAX: token timing samples kept for the averages
 
 
@@ -138,6 +143,12 @@ class SrpStats:
     avg_token_workload: int = 0
     #: mean of our pending-queue length at the last 100 token visits
     avg_backlog_calc: int = 0
+    #: multicast sends that failed in a row; the *driver* reports each send's outcome
+    #: through :meth:`Srp.note_mcast_send` (corosync counts udp multicast sendmsg only)
+    continuous_sendmsg_failures: int = 0
+    #: driver ms since the last valid token (as of the last :meth:`Srp.refresh_stats`,
+    #: PAUSE heartbeat or token; the driver calls refresh_stats before publishing)
+    time_since_token_last_received: int = 0
     #: datagrams and messages dropped, by reason (codec reasons plus semantic ones)
     dropped: dict[str, int] = field(factory=dict)
 
@@ -150,12 +161,19 @@ Stored = tuple[Mcast, bytes]
 class Srp:
     """One node's Totem SRP instance.  See the module docstring and docs/totem.md."""
 
-    def __init__(self, nodeid: int, config: TotemConfig, *, ring_seq: int = 0) -> None:
+    def __init__(self, nodeid: int, config: TotemConfig, *, ring_seq: int = 0,
+                 rng: Optional[random.Random] = None) -> None:
         if not 0 < nodeid <= U32:
             raise ValueError(f"nodeid {nodeid} out of range 1..{U32}")
         self.nodeid = nodeid
         self.config = config
         self.stats = SrpStats()
+        #: The driver's random source; only ``totem.send_join`` delays draw from it.  The
+        #: fallback is a generator seeded with the nodeid: deterministic, yet different
+        #: on every node, which is all JOIN-storm avoidance needs.
+        self.rng: random.Random = rng if rng is not None else random.Random(nodeid)
+        #: Process pauses detected so far (not a corosync counter, so not in ``stats``).
+        self.pauses_detected = 0
         #: config.send_queue_max is a computed property; queue_space() is on the hot path
         self._queue_max = config.send_queue_max
         self.token_received_hook: Optional[Callable[[], None]] = None
@@ -225,10 +243,17 @@ class Srp:
 
         # timers
         self._armed: set[TimerKind] = set()
-        self._loss_warn_phase = False
         self._last_token_rx: Optional[int] = None
         self._loss_armed_at = 0
         self._now = 0
+        # pause detection: driver time of the latest input, the gap that counts as a
+        # pause (corosync: more than half the token timeout), the heartbeat period that
+        # keeps a running instance's inputs closer together than that (corosync's pause
+        # timer: token / 5), and whether membership messages are being flushed
+        self._alive_at = 0
+        self._pause_limit = config.token // 2
+        self._pause_period = max(config.token // 5, 1)
+        self._flushing = False
         self._drop_logged: dict[str, int] = {}
         self._tok_rx_times: deque[int] = deque(maxlen=_TOKEN_STATS)
         self._tok_backlogs: deque[int] = deque(maxlen=_TOKEN_STATS)
@@ -251,6 +276,8 @@ class Srp:
             self._token_ring_id_seq = seq
             self._out.append(PersistRingSeq(seq))
             self._log(LogLevel.DEBUG, f"Created or loaded sequence id {self.ring_id} for this ring.")
+            self._alive_at = now
+            self._start(TimerKind.PAUSE, self._pause_period)
             self._gather_enter(GatherFrom.INTERFACE_CHANGE)
         return self._end(prev)
 
@@ -349,13 +376,72 @@ class Srp:
             self._left = True
         return self._end(prev)
 
+    def note_mcast_send(self, ok: bool) -> None:
+        """The driver reports whether a multicast send succeeded (``sendmsg`` result):
+        feeds ``stats.continuous_sendmsg_failures`` (reset by any success).  Calling it
+        on failures and on the first success after one is enough."""
+        if ok:
+            self.stats.continuous_sendmsg_failures = 0
+        else:
+            self.stats.continuous_sendmsg_failures += 1
+
+    def refresh_stats(self, now: int) -> list[Action]:
+        """Bring the time-dependent counters up to ``now``; call before publishing them.
+
+        Sets ``time_since_token_last_received`` (ms since the last valid token; since the
+        driver's epoch when none arrived yet, as corosync's never-set 0 timestamp gives)
+        and ``firewall_enabled_or_nic_failure``, and returns corosync's warning when the
+        node keeps failing to form a ring (more than 3 consensus timeouts in a row, or
+        more than 30 failed multicast sends in a row) — corosync's stats updater logs it
+        on each 1.5 s refresh while the condition holds."""
+        prev = self._begin(None)
+        reason = self._update_time_stats(now)
+        if reason:
+            self._log(LogLevel.WARNING,
+                      "Totem is unable to form a cluster because of an operating system or "
+                      f"network fault (reason: {reason}). The most common cause of this "
+                      "message is that the local firewall is configured improperly.")
+        return self._end(prev)
+
+    def _update_time_stats(self, now: int) -> str:
+        stats = self.stats
+        last = self._last_token_rx
+        since = now - (last if last is not None else 0)
+        stats.time_since_token_last_received = since if since > 0 else 0
+        reason = ""
+        if stats.continuous_sendmsg_failures > MAX_NO_CONT_SENDMSG_FAILURES:
+            reason = "number of multicast sendmsg failures is above threshold"
+        if stats.continuous_gather > MAX_NO_CONT_GATHER:
+            reason = "totem is continuously in gather state"
+        stats.firewall_enabled_or_nic_failure = 1 if reason else 0
+        return reason
+
     # ------------------------------------------------------------------ plumbing
     def _begin(self, now: int | None = None) -> list[Action]:
-        if now is not None:
-            self._now = now
         prev = self._out
         self._out = []
+        if now is not None:
+            self._now = now
+            if now - self._alive_at > self._pause_limit and self._started and not self._left:
+                self._pause_detected(now)
+            self._alive_at = now
         return prev
+
+    def _pause_detected(self, now: int) -> None:
+        """Nothing reached us for more than token/2 although the PAUSE heartbeat fires
+        every token/5: the process was not scheduled (SIGSTOP, VM freeze, swap storm).
+        The driver now hands over what queued up meanwhile.  Like corosync, which empties
+        its sockets at this point, we do not act on the stale membership traffic: JOINs,
+        LEAVEs, commit tokens and MERGE_DETECTs are dropped until the PAUSE timer, re-armed
+        for 0 ms, fires — i.e. until the driver has caught up with the backlog.  Live
+        peers repeat all of these (join timer, token retransmit, merge timer), so nothing
+        is lost but stale state.  Tokens and MCASTs are still processed: they carry
+        ring ids and sequence numbers, which already sort stale from fresh."""
+        self.pauses_detected += 1
+        self._log(LogLevel.NOTICE, f"Process pause detected for {now - self._alive_at} ms, "
+                                   "flushing membership messages.")
+        self._flushing = True
+        self._start(TimerKind.PAUSE, 0)
 
     def _end(self, prev: list[Action]) -> list[Action]:
         out = self._out
@@ -386,22 +472,20 @@ class Srp:
             self._out.append(CancelTimer(kind))
 
     def _reset_token_timeout(self, now: int | None = None) -> None:  # noqa: ARG002
-        """(Re)arm the token-loss timer.  The token *warning* (``token_warning`` % of
-        ``token``) shares it: the timer first fires at the warning point, logs, and is
-        re-armed for the rest — one timer kind, exact corosync timing."""
+        """(Re)arm the token-loss timer and, with it, the token warning timer
+        (``token_warning`` % of ``token``, integer ms as corosync computes it).  A warning
+        at or beyond the timeout could never be seen (the loss cancels it), so none is
+        armed then."""
         token = self.config.token
+        self._start(TimerKind.TOKEN_LOSS, token)
         warn = self.config.token_warning * token // 100
         if 0 < warn < token:
-            self._loss_warn_phase = True
-            self._start(TimerKind.TOKEN_LOSS, warn)
-        else:
-            self._loss_warn_phase = False
-            self._start(TimerKind.TOKEN_LOSS, token)
+            self._start(TimerKind.TOKEN_WARNING, warn)
         self._loss_armed_at = self._now
 
     def _cancel_token_timeout(self) -> None:
-        self._loss_warn_phase = False
         self._cancel(TimerKind.TOKEN_LOSS)
+        self._cancel(TimerKind.TOKEN_WARNING)
 
     def _reset_retransmit_timeout(self) -> None:
         self._start(TimerKind.TOKEN_RETRANSMIT, self.config.token_retransmit)
@@ -447,6 +531,22 @@ class Srp:
             self.stats.continuous_gather += 1
 
     def _send_join(self) -> None:
+        """Multicast our JOIN — after a random 0..send_join ms when ``totem.send_join`` is
+        set (corosync sleeps that long before each JOIN so that the nodes of a large
+        ring do not all answer a change at the same instant).  We arm SEND_JOIN instead
+        of blocking; the JOIN is built when it fires, so it carries the lists of that
+        moment, and a JOIN asked for while one is pending is covered by it."""
+        send_join = self.config.send_join
+        if send_join > 0:
+            if TimerKind.SEND_JOIN in self._armed:
+                return
+            delay = self.rng.randrange(send_join)
+            if delay:
+                self._start(TimerKind.SEND_JOIN, delay)
+                return
+        self._emit_join()
+
+    def _emit_join(self) -> None:
         msg = Join(self.nodeid, self.nodeid, tuple(self._proc), tuple(self._failed),
                    self.ring_id.seq)
         self.stats.memb_join_tx += 1
@@ -472,6 +572,9 @@ class Srp:
 
     def _on_join(self, join: Join, data: bytes, now: int) -> None:
         self.stats.memb_join_rx += 1
+        if self._flushing:
+            self._drop("pause_flush", now, log=False)
+            return
         sender = join.system_from
         if sender == 0 or 0 in join.proc_list:
             self._drop("bad_nodeid", now, "nodeid 0 in join")
@@ -560,6 +663,9 @@ class Srp:
 
     def _on_merge_detect(self, msg: MergeDetect, data: bytes, now: int) -> None:
         self.stats.memb_merge_detect_rx += 1
+        if self._flushing:
+            self._drop("pause_flush", now, log=False)
+            return
         if msg.ring_id == self.ring_id:
             return
         if msg.system_from == 0:
@@ -623,6 +729,7 @@ class Srp:
         self._commit_token_update(ct)
         self._token_target = ct.addr[ct.memb_index % len(ct.addr)]
         self._cancel(TimerKind.JOIN)
+        self._cancel(TimerKind.SEND_JOIN)
         self._cancel(TimerKind.CONSENSUS)
         self.ring_id = ct.ring_id
         self._out.append(PersistRingSeq(self.ring_id.seq))
@@ -647,6 +754,9 @@ class Srp:
 
     def _on_commit_token(self, ct: CommitToken, data: bytes, now: int) -> None:
         self.stats.memb_commit_token_rx += 1
+        if self._flushing:
+            self._drop("pause_flush", now, log=False)
+            return
         state = self.state
         n = len(ct.addr)
         if state is MembState.GATHER:
@@ -1044,6 +1154,7 @@ class Srp:
 
     def _token_stats(self, now: int) -> None:
         self._last_token_rx = now
+        self.stats.time_since_token_last_received = 0
         times = self._tok_rx_times
         times.append(now)
         if len(times) > 1:
@@ -1192,20 +1303,26 @@ class Srp:
             self._reset_retransmit_timeout()
 
     # ------------------------------------------------------------------ timers
+    def _on_token_warning_timer(self, now: int) -> None:
+        """corosync's wording (note the trailing space); repeated every warning period
+        until a token arrives or the token timeout cancels it."""
+        since = self._last_token_rx if self._last_token_rx is not None else self._loss_armed_at
+        self._log(LogLevel.NOTICE, f"Token has not been received in {now - since} ms ")
+        warn = self.config.token_warning * self.config.token // 100
+        if warn > 0:
+            self._start(TimerKind.TOKEN_WARNING, warn)
+
+    def _on_pause_timer(self, now: int) -> None:
+        """The heartbeat: it fired, so the driver is running; a flush ends here."""
+        self._flushing = False
+        self._start(TimerKind.PAUSE, self._pause_period)
+        self._update_time_stats(now)
+
+    def _on_send_join_timer(self, now: int) -> None:
+        if self.state is MembState.GATHER:
+            self._emit_join()
+
     def _on_token_loss_timer(self, now: int) -> None:
-        if self._loss_warn_phase:
-            since = self._last_token_rx if self._last_token_rx is not None else self._loss_armed_at
-            self._log(LogLevel.NOTICE, f"Token has not been received in {now - since} ms ")
-            # corosync repeats the warning every warning period until the token is lost
-            token = self.config.token
-            warn = self.config.token_warning * token // 100
-            left = self._loss_armed_at + token - now
-            if warn < left:
-                self._start(TimerKind.TOKEN_LOSS, warn)
-            else:
-                self._loss_warn_phase = False
-                self._start(TimerKind.TOKEN_LOSS, max(left, 0))
-            return
         state = self.state
         cfg = self.config
         if state is MembState.OPERATIONAL:
@@ -1266,6 +1383,9 @@ _DISPATCH: dict[type, Callable[[Srp, object, bytes, int], None]] = {
 
 _TIMER_HANDLERS: dict[TimerKind, Callable[[Srp, int], None]] = {
     TimerKind.TOKEN_LOSS: Srp._on_token_loss_timer,
+    TimerKind.TOKEN_WARNING: Srp._on_token_warning_timer,
+    TimerKind.PAUSE: Srp._on_pause_timer,
+    TimerKind.SEND_JOIN: Srp._on_send_join_timer,
     TimerKind.TOKEN_RETRANSMIT: Srp._on_retransmit_timer,
     TimerKind.TOKEN_HOLD: Srp._on_hold_timer,
     TimerKind.JOIN: Srp._on_join_timer,
