@@ -212,6 +212,17 @@ def test_reload_grow_reopen_and_kill(lab: Lab) -> None:
     for i in (1, 2):  # a failure, not a clean leave
         assert "Failed to receive the leave message. failed: 3" in lab.daemons[i].log()
 
+    # -- the dead node leaves the nodelist --------------------------------------------------
+    for i in (1, 2):
+        lab.write(i, (1, 2), token=600, debug="on")
+    r = lab.run(2, *OUR_CT, "-R")
+    assert r.returncode == 0, r
+    for i in (1, 2):
+        lib.wait_until(lambda i=i: "removing UDPU member {198.18.0.3}" in lab.daemons[i].log(),
+                       10, f"n{i} to drop node 3")
+        assert "nodelist.node.2.nodeid" not in lab.run(i, *OUR_CMAPCTL, "nodelist.").stdout
+        assert lab.cmap(i, "quorum.expected_votes") == ""  # removed from the file
+
 
 def test_bind_retried_while_the_port_is_in_use(tmp_path) -> None:
     """corosync retries bind() 10 times (100 ms × attempt) logging each EADDRINUSE; a
