@@ -71,10 +71,9 @@ class Worker:
                 await p.wait()
 
     async def run(self, seq: int, timeout_ms: int, execs: list[tuple[str, str]],
-                  nursery: trio.Nursery) -> None:
+                  nursery: trio.Nursery, scope: trio.CancelScope) -> None:
         procs: list[trio.Process] = []
-        with trio.CancelScope() as scope:
-            self._run_scope = scope
+        with scope:
             result: Optional[bool] = None
             done = trio.Event()
             remaining = len(execs)
@@ -153,7 +152,10 @@ class Worker:
             return
         if self._run_scope is not None:
             self._run_scope.cancel()  # a new request abandons the previous one
-        nursery.start_soon(self.run, seq, timeout_ms, execs, nursery)
+        # the scope exists from now on, so that a request right behind this one can cancel
+        # the run even before its task got to start
+        self._run_scope = trio.CancelScope()
+        nursery.start_soon(self.run, seq, timeout_ms, execs, nursery, self._run_scope)
 
 
 def main() -> int:
