@@ -19,6 +19,8 @@ from typing import Any, Optional
 import attrs
 import trio
 
+from corosync.exec.qnetd.cli_common import Getopt, GetoptError, invocation_name
+
 PROG = "corosync-qdevice"
 USAGE = f"usage: {PROG} [-dfh] [-S option=value[,option2=value2,...]]\n"
 
@@ -71,39 +73,24 @@ def parse_settings(text: str, settings: dict[str, str]) -> None:
         settings[name] = value
 
 
-def parse_args(argv: list[str]) -> Options:
+def parse_args(argv: list[str], argv0: str = PROG) -> Options:
+    """getopt "dfhS:"; getopt's own errors name ``argv0`` (glibc prints argv[0]).  Raises
+    :class:`UsageError` (empty text: print the usage)."""
     opts = Options()
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        i += 1
-        if arg == "--":
-            break
-        if not arg.startswith("-") or arg == "-":
-            continue
-        j = 1
-        while j < len(arg):
-            ch = arg[j]
-            j += 1
+    try:
+        for ch, value in Getopt(argv, "dfhS:"):
             if ch == "f":
                 opts.foreground = True
             elif ch == "d":
                 opts.debug += 1
             elif ch == "S":
-                if j < len(arg):
-                    value = arg[j:]
-                elif i < len(argv):
-                    value = argv[i]
-                    i += 1
-                else:
-                    sys.stderr.write(f"{PROG}: option requires an argument -- 'S'\n")
-                    raise UsageError("")
+                assert value is not None
                 parse_settings(value, opts.settings)
-                break
-            else:
-                if ch != "h":
-                    sys.stderr.write(f"{PROG}: invalid option -- '{ch}'\n")
+            else:  # h
                 raise UsageError("")
+    except GetoptError as exc:
+        sys.stderr.write(exc.glibc(argv0))
+        raise UsageError("") from None
     return opts
 
 
@@ -271,8 +258,11 @@ async def _serve(opts: Options, log: logging.Logger) -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    """``argv`` without the program name; None = the command line (getopt errors then name
+    ``sys.argv[0]``, like glibc)."""
     try:
-        opts = parse_args(sys.argv[1:] if argv is None else argv)
+        opts = parse_args(sys.argv[1:] if argv is None else argv,
+                          invocation_name(PROG, argv is None))
     except UsageError as exc:
         if str(exc):
             sys.stderr.write(f"{PROG}: {exc}\n")
@@ -300,4 +290,5 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # python -m: argv[0] is this file's path, so the command's own name stands in for it
+    sys.exit(main(sys.argv[1:]))

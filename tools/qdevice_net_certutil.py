@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from corosync.exec.qdevice.tlsfiles import DEFAULT_DB_DIR
+from corosync.exec.qnetd.cli_common import Getopt, GetoptError, invocation_name
 
 PROG = "corosync-qdevice-net-certutil"
 QNETD_DB_DIR = "/etc/corosync/qnetd/nssdb"
@@ -91,9 +92,10 @@ def quick_start(cluster: str, qnetd: str, master: str, others: Sequence[str], se
     return status
 
 
-def usage() -> int:
+def usage(prog: str = PROG) -> int:
+    """The stock usage text; it names the script as it was started (``$0``)."""
     lines = [
-        f"{PROG}: [-i|-m|-M|-r|-s|-Q] [-c certificate] [-n cluster_name]",
+        f"{prog}: [-i|-m|-M|-r|-s|-Q] [-c certificate] [-n cluster_name]",
         "",
         " -i      Initialize node CA. Needs CA certificate from server",
         " -m      Import cluster certificate on node (needs pk12 certificate)",
@@ -107,82 +109,63 @@ def usage() -> int:
         "Typical usage:",
         "- Initialize database on QNetd server by running corosync-qnetd-certutil -i",
         f"- Copy exported QNetd CA certificate ({QNETD_CA_EXPORT}) to every node",
-        f"- On one of cluster node initialize database by running {PROG} -i -c qnetd-cacert.crt",
-        f"- Generate certificate request: {PROG} -r -n Cluster (Cluster name must match "
+        f"- On one of cluster node initialize database by running {prog} -i -c qnetd-cacert.crt",
+        f"- Generate certificate request: {prog} -r -n Cluster (Cluster name must match "
         "cluster_name key in the corosync.conf)",
         "- Copy exported CRQ to QNetd server",
         "- On QNetd server sign and export cluster certificate by running "
         "corosync-qnetd-certutil -s -c qdevice-net-node.crq -n Cluster",
         "- Copy exported CRT to node where certificate request was created",
         "- Import certificate on node where certificate request was created by running "
-        f"{PROG} -M -c cluster-Cluster.crt",
+        f"{prog} -M -c cluster-Cluster.crt",
         "- Copy output qdevice-net-node.p12 to all other cluster nodes",
         "- On all other nodes in cluster:",
-        f"  - Init database by running {PROG} -i -c qnetd-cacert.crt",
-        f"  - Import cluster certificate and key: {PROG} -m -c qdevice-net-node.p12",
+        f"  - Init database by running {prog} -i -c qnetd-cacert.crt",
+        f"  - Import cluster certificate and key: {prog} -m -c qdevice-net-node.p12",
         "",
         "It is also possible to use Quick start (-Q). This needs properly configured ssh.",
-        f"  {PROG} -Q -n Cluster qnetd_server node1 node2 ... nodeN",
+        f"  {prog} -Q -n Cluster qnetd_server node1 node2 ... nodeN",
     ]
     print("\n".join(lines))
     return 0
 
 
 def main(argv: list[str] | None = None, run: Runner = _run) -> int:
-    """``argv`` without the program name.  From a console script (argv None) the remote
-    nodes of ``-Q`` run ``sys.argv[0]``, as the stock script runs its ``$0``; otherwise
-    (``python -m``, tests) the command's name, found on the remote PATH."""
+    """``argv`` without the program name.  From a console script (argv None) the usage and
+    messages name ``sys.argv[0]`` and the remote nodes of ``-Q`` run it, as the stock script
+    does with its ``$0``; otherwise (``python -m``, tests) the command's name (``-Q``: found
+    on the remote PATH)."""
     from corosync.exec.qdevice import certs
 
-    self_cmd = sys.argv[0] if argv is None and sys.argv[0] else PROG
+    prog = invocation_name(PROG, argv is None)
     args = sys.argv[1:] if argv is None else argv
     operation = None
     cert_file = ""
     cluster = ""
     db = DEFAULT_DB_DIR
-    i = 0
-    while i < len(args):  # bash getopts ":hiMmQrc:n:" (+ our -d)
-        arg = args[i]
-        if not arg.startswith("-") or arg == "-":
-            break
-        i += 1
-        if arg == "--":
-            break
-        j = 1
-        while j < len(arg):
-            ch = arg[j]
-            j += 1
-            ops = {"i": "init", "r": "request", "M": "import_signed", "m": "import_p12",
-                   "Q": "quick"}
+    ops = {"i": "init", "r": "request", "M": "import_signed", "m": "import_p12", "Q": "quick"}
+    scan = Getopt(args, "hiMmQrc:n:d:", stop_at_operand=True)  # bash getopts (+ our -d)
+    try:
+        for ch, value in scan:
             if ch in ops:
                 operation = ops[ch]
             elif ch == "h":
-                return usage()
-            elif ch in "cnd":
-                if j < len(arg):
-                    value = arg[j:]
-                elif i < len(args):
-                    value = args[i]
-                    i += 1
-                else:
-                    print(f"Option -{ch} requires an argument.", file=sys.stderr)
-                    return 1
-                if ch == "c":
-                    cert_file = value
-                elif ch == "n":
-                    cluster = value
-                else:
-                    db = value
-                break
-            else:
-                print(f"Invalid option: -{ch}", file=sys.stderr)
-                return 1
+                return usage(prog)
+            elif ch == "c":
+                cert_file = value or ""
+            elif ch == "n":
+                cluster = value or ""
+            else:  # d
+                db = value or ""
+    except GetoptError as exc:
+        sys.stderr.write(exc.getopts())
+        return 1
     if operation is None:
-        return usage()
+        return usage(prog)
     dbp = Path(db)
     try:
         if operation == "quick":
-            rest = args[i:]
+            rest = scan.operands
             if not cluster:
                 print("You have to specify cluster name", file=sys.stderr)
                 return 2
@@ -193,12 +176,12 @@ def main(argv: list[str] | None = None, run: Runner = _run) -> int:
                 print("No nodes provided.", file=sys.stderr)
                 return 2
             return quick_start(cluster, rest[0], rest[1], [n for n in rest[2:] if n],
-                               self_cmd, run)
+                               prog, run)
         if operation == "request":
             if not cluster:
                 print("You have to specify cluster name", file=sys.stderr)
                 return 2
-            certs.gen_request(dbp, cluster, PROG)
+            certs.gen_request(dbp, cluster, prog)
             return 0
         if not Path(cert_file).exists() or not cert_file:
             print(f"Can't open certificate file {cert_file}", file=sys.stderr)
@@ -206,9 +189,9 @@ def main(argv: list[str] | None = None, run: Runner = _run) -> int:
         if operation == "init":
             certs.init_node_ca(dbp, Path(cert_file))
         elif operation == "import_signed":
-            certs.import_signed(dbp, Path(cert_file), PROG)
+            certs.import_signed(dbp, Path(cert_file), prog)
         else:
-            certs.import_p12(dbp, Path(cert_file), PROG)
+            certs.import_p12(dbp, Path(cert_file), prog)
     except certs.NodeCertError as exc:
         print(str(exc), file=sys.stderr)
         return exc.code

@@ -12,12 +12,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from corosync.exec.qnetd.cli_common import Getopt, GetoptError, invocation_name
+
 PROG = "corosync-qnetd-certutil"
 DEFAULT_DIR = "/etc/corosync/qnetd/nssdb"
 
 
-def usage() -> int:
-    print(f"{PROG}: [-i|-s] [-c certificate] [-G] [-n cluster_name] [-d cert_dir]")
+def usage(prog: str = PROG) -> int:
+    print(f"{prog}: [-i|-s] [-c certificate] [-G] [-n cluster_name] [-d cert_dir]")
     print()
     print(" -i                  Initialize QNetd CA and generate server certificate")
     print(" -s                  Sign cluster certificate (needs cluster certificate)")
@@ -29,53 +31,36 @@ def usage() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``argv`` without the program name; None = the command line: the usage and the
+    messages then name ``sys.argv[0]``, as the stock script names its ``$0``."""
+    prog = invocation_name(PROG, argv is None)
     args = sys.argv[1:] if argv is None else argv
     operation = None
     cert_file = ""
     cluster = ""
     group_write = True
     cert_dir = DEFAULT_DIR
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        i += 1
-        if not arg.startswith("-") or arg == "-":
-            break
-        if arg == "--":
-            break
-        j = 1
-        while j < len(arg):
-            ch = arg[j]
-            j += 1
+    try:
+        for ch, value in Getopt(args, "isGhc:n:d:", stop_at_operand=True):  # bash getopts
             if ch == "i":
                 operation = "init"
             elif ch == "s":
                 operation = "sign"
             elif ch == "h":
-                return usage()
+                return usage(prog)
             elif ch == "G":
                 group_write = False
-            elif ch in "cnd":
-                if j < len(arg):
-                    value = arg[j:]
-                elif i < len(args):
-                    value = args[i]
-                    i += 1
-                else:
-                    print(f"Option -{ch} requires an argument.", file=sys.stderr)
-                    return 1
-                if ch == "c":
-                    cert_file = value
-                elif ch == "n":
-                    cluster = value
-                else:
-                    cert_dir = value
-                break
-            else:
-                print(f"Invalid option: -{ch}", file=sys.stderr)
-                return 1
+            elif ch == "c":
+                cert_file = value or ""
+            elif ch == "n":
+                cluster = value or ""
+            else:  # d
+                cert_dir = value or ""
+    except GetoptError as exc:
+        sys.stderr.write(exc.getopts())
+        return 1
     if operation is None:
-        return usage()
+        return usage(prog)
 
     from corosync.exec.qnetd.certs import CertError, init_ca, sign_request
 
@@ -89,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             if not cluster:
                 print("You have to specify cluster name", file=sys.stderr)
                 return 2
-            sign_request(Path(cert_dir), Path(cert_file), cluster, group_write)
+            sign_request(Path(cert_dir), Path(cert_file), cluster, group_write, prog=prog)
     except CertError as exc:
         print(str(exc), file=sys.stderr)
         return 1
@@ -100,4 +85,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # python -m: argv[0] is this file's path, so the command's own name stands in for it
+    sys.exit(main(sys.argv[1:]))

@@ -148,14 +148,15 @@ def load_request(data: bytes):
 
 
 def sign_request(cert_dir: Path, request_file: Path, cluster_name: str,
-                 group_write: bool = True, log=print) -> Path:
-    """``-s -c REQ -n NAME``: sign with the CA, write ``cluster-NAME.crt`` (DER)."""
+                 group_write: bool = True, log=print,
+                 prog: str = "corosync-qnetd-certutil") -> Path:
+    """``-s -c REQ -n NAME``: sign with the CA, write ``cluster-NAME.crt`` (DER).  ``prog``:
+    how the error text names the tool (the stock script says its ``$0``)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
 
     if not (cert_dir / CA_KEY_FILE).exists() or not (cert_dir / CA_CERT_FILE).exists():
-        raise CertError("Certificate database doesn't exists. Use corosync-qnetd-certutil -i "
-                        "to create it")
+        raise CertError(f"Certificate database doesn't exists. Use {prog} -i to create it")
     req = load_request(request_file.read_bytes())
     log("Signing cluster certificate")
     try:

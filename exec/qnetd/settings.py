@@ -14,6 +14,7 @@ from typing import Callable, Optional, TextIO
 
 import attrs
 
+from .cli_common import Getopt, GetoptError
 from .protocol import ALGORITHM_TEXT, MSG_TYPE_TEXT, TlsSupported
 
 PROG = "corosync-qnetd"
@@ -160,12 +161,10 @@ def _invalid(value: str, key: str) -> _SettingError:
     return _SettingError(f"Invalid value '{value}' for option '{key}'")
 
 
-_WITH_ARG = set("lpscmS")
-_FLAGS = set("46dfhv")
-
-
-def parse_args(argv: list[str], out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> Options:
-    """Parse like getopt("46dfhvl:p:s:c:m:S:"); raises :class:`CliExit` to stop."""
+def parse_args(argv: list[str], out: TextIO = sys.stdout, err: TextIO = sys.stderr,
+               argv0: str = PROG) -> Options:
+    """Parse like getopt("46dfhvl:p:s:c:m:S:"); raises :class:`CliExit` to stop.  getopt's
+    own errors name ``argv0`` (glibc prints argv[0]); the daemon's errors name ``PROG``."""
     opts = Options()
 
     def fail(text: str) -> None:
@@ -175,36 +174,17 @@ def parse_args(argv: list[str], out: TextIO = sys.stdout, err: TextIO = sys.stde
     def warn(text: str) -> None:
         err.write(f"{PROG}: {text}\n")
 
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        i += 1
-        if arg == "--":
-            break
-        if not arg.startswith("-") or arg == "-":
-            continue  # glibc getopt permutes operands to the end; the daemon ignores them
-        j = 1
-        while j < len(arg):
-            ch = arg[j]
-            j += 1
-            if ch in _FLAGS:
+    try:
+        # glibc getopt permutes operands to the end; the daemon ignores them
+        for ch, value in Getopt(argv, "46dfhvl:p:s:c:m:S:"):
+            if value is None:
                 _flag(opts, ch, out)
-                continue
-            if ch not in _WITH_ARG:
-                err.write(f"{PROG}: invalid option -- '{ch}'\n")
-                out.write(USAGE)
-                raise CliExit(1)
-            if j < len(arg):
-                value = arg[j:]
-            elif i < len(argv):
-                value = argv[i]
-                i += 1
             else:
-                err.write(f"{PROG}: option requires an argument -- '{ch}'\n")
-                out.write(USAGE)
-                raise CliExit(1)
-            _with_arg(opts, ch, value, fail, warn)
-            break
+                _with_arg(opts, ch, value, fail, warn)
+    except GetoptError as exc:
+        err.write(exc.glibc(argv0))
+        out.write(USAGE)
+        raise CliExit(1) from None
     return opts
 
 

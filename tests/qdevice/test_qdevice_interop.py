@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "qnetd"))
-from test_qnetd_interop import Lab, _mask, _skip_reason, wait_for  # noqa: E402
+from test_qnetd_interop import (Lab, _mask, _skip_reason, lab_in_namespaces,  # noqa: E402
+                                wait_for)
 
 from corosync.tools import localcluster  # noqa: E402
 
@@ -58,22 +59,8 @@ class OurQdeviceLab(Lab):
 
 @pytest.fixture
 def lab(tmp_path):
-    reason = _skip_reason()
-    if reason:
-        pytest.skip(reason)
-    lab = OurQdeviceLab(tmp_path)
-    try:
-        localcluster.netns_up(lab.state)
-    except localcluster.LocalClusterError as exc:
-        localcluster.netns_down(lab.state)
-        pytest.skip(f"cannot build network namespaces: {exc}")
-    try:
-        yield lab
-    finally:
-        for name in [n for n in lab.procs if n.startswith("qdevice")] + \
-                    [n for n in lab.procs if not n.startswith("qdevice")]:
-            lab.stop(name)
-        localcluster.netns_down(lab.state)
+    yield from lab_in_namespaces(OurQdeviceLab(tmp_path), _skip_reason(),
+                                 "our qdevice on Debian nodes")
 
 
 def _host(text: str) -> str:

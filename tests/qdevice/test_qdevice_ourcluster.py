@@ -31,12 +31,15 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from corosync.tools import localcluster
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "qnetd"))
+from test_qnetd_interop import Lab as NetnsLab  # noqa: E402
+from test_qnetd_interop import lab_in_namespaces, wait_for  # noqa: E402
+
+from corosync.tools import localcluster  # noqa: E402
 
 DEBIAN_QNETD = "/usr/bin/corosync-qnetd"
 DEBIAN_QUORUMTOOL = "/usr/sbin/corosync-quorumtool"
@@ -68,27 +71,19 @@ def conf_text(d: Path, tls: str) -> str:
             f"system {{\n    state_dir: {d}/state\n    run_dir: {d}/run\n}}\n")
 
 
-def wait_for(pred, timeout: float, what) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for "
-                        f"{what() if callable(what) else what}")
-        time.sleep(0.1)
-
-
 def mask(text: str) -> str:
     text = re.sub(r"Date:\s+.*", "Date: X", text)
     text = re.sub(r"Ring ID:(\s+)\S+", r"Ring ID:\1X", text)
     return re.sub(r"QNetd host:\t\t\S+", "QNetd host:\t\tX", text)
 
 
-class Lab:
+class Lab(NetnsLab):
+    """The qnetd interop lab's namespaces and process handling; our daemons run directly in
+    the node namespaces (no mount namespace needed: each has its own run/state dirs)."""
+
     def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.state = {"n": 3, "prefix": f"qo{os.getpid() % 100000}", "namespaces": [],
-                      "netns": True}
-        self.procs: dict[str, subprocess.Popen] = {}
+        super().__init__(tmp)
+        self.state["prefix"] = f"qo{os.getpid() % 100000}"
         self.env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         # the IPC rendezvous is libqb's abstract namespace of each node's network namespace
         self.env.pop("COROSYNC_IPC_DIR", None)
@@ -97,35 +92,13 @@ class Lab:
     def ns(self, i: int) -> str:
         return localcluster.ns_name(self.state, i)
 
-    def node_dir(self, i: int) -> Path:
-        d = self.tmp / f"n{i}"
-        d.mkdir(exist_ok=True)
-        return d
-
-    def popen(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> None:
-        out = open(self.tmp / f"{name}.out", "ab")
-        self.procs[name] = subprocess.Popen(cmd, stdout=out, stderr=out, stdin=subprocess.DEVNULL,
-                                            env=env or self.env)
-        out.close()
-
-    def stop(self, name: str, sig: int = signal.SIGTERM) -> int | None:
-        p = self.procs.get(name)
-        if p is None:
-            return None
-        if p.poll() is None:
-            os.kill(p.pid, sig)  # `ip netns exec` execs the daemon: this pid is the daemon
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                os.kill(p.pid, signal.SIGKILL)
-                p.wait(5)
-        return p.returncode
-
-    def output(self, name: str) -> str:
-        try:
-            return (self.tmp / f"{name}.out").read_text(errors="replace")[-3000:]
-        except FileNotFoundError:
-            return ""
+    def popen(self, name: str, cmd: list[str],  # type: ignore[override]
+              env: dict[str, str] | None = None) -> subprocess.Popen:
+        with open(self.tmp / f"{name}.out", "ab") as out:
+            p = subprocess.Popen(cmd, stdout=out, stderr=out, stdin=subprocess.DEVNULL,
+                                 env=env or self.env)
+        self.procs[name] = p
+        return p
 
     def start_corosync(self, i: int, tls: str) -> None:
         d = self.node_dir(i)
@@ -140,7 +113,7 @@ class Lab:
         self.popen(f"qdevice{i}", ["ip", "netns", "exec", self.ns(i), sys.executable, "-m",
                                    "corosync.tools.qdevice", "-f", "-d", "-S", opts])
 
-    def start_qnetd(self, server: str, *args: str) -> None:
+    def start_server(self, server: str, *args: str) -> None:
         """Our or Debian's qnetd in the third namespace; the command is kept for restarts."""
         d = self.tmp / "qnetd"
         d.mkdir(exist_ok=True)
@@ -179,23 +152,7 @@ class Lab:
 
 @pytest.fixture
 def lab(tmp_path):
-    reason = _skip_reason()
-    if reason:
-        print(f"SKIP qdevice on our cluster: {reason}")
-        pytest.skip(reason)
-    lab = Lab(tmp_path)
-    try:
-        localcluster.netns_up(lab.state)
-    except localcluster.LocalClusterError as exc:
-        localcluster.netns_down(lab.state)
-        pytest.skip(f"cannot build network namespaces: {exc}")
-    try:
-        yield lab
-    finally:
-        for name in [n for n in lab.procs if n.startswith("qdevice")] + \
-                    [n for n in lab.procs if not n.startswith("qdevice")]:
-            lab.stop(name)
-        localcluster.netns_down(lab.state)
+    yield from lab_in_namespaces(Lab(tmp_path), _skip_reason(), "qdevice on our cluster")
 
 
 def _certificates(tmp: Path) -> tuple[Path, Path, Path]:
@@ -229,11 +186,11 @@ def test_our_qdevice_on_our_cluster(lab, shared_dir, server, tls):
     qdevice_settings: dict[int, list[str]] = {1: [], 2: []}
     if tls == "on":
         qdb, *node_dbs = _certificates(lab.tmp)
-        lab.start_qnetd(server, "-s", "req", "-c", "on", "-S", f"nss_db_dir={qdb}")
+        lab.start_server(server, "-s", "req", "-c", "on", "-S", f"nss_db_dir={qdb}")
         for i, db in zip((1, 2), node_dbs):
             qdevice_settings[i] = [f"net_nss_db_dir={db}"]
     else:
-        lab.start_qnetd(server, "-s", "off")
+        lab.start_server(server, "-s", "off")
     for i in (1, 2):
         lab.start_corosync(i, tls)
     for i in (1, 2):

@@ -127,13 +127,13 @@ class Lab:
         return (self.tmp / f"{name}.out").read_text(errors="replace")[-3000:]
 
 
-@pytest.fixture
-def lab(tmp_path):
-    reason = _skip_reason()
-    if reason:
-        print(f"SKIP qnetd interop: {reason}")
-        pytest.skip(reason)
-    lab = Lab(tmp_path)
+def lab_in_namespaces(lab: Lab, skip_reason: str | None, what: str):
+    """Fixture body shared by the qnetd/qdevice labs: skip with the reason, build the
+    namespaces, hand out the lab, then stop every process by PID (qdevices first, so they
+    do not log a lost corosync) and remove the namespaces."""
+    if skip_reason:
+        print(f"SKIP {what}: {skip_reason}")
+        pytest.skip(skip_reason)
     try:
         localcluster.netns_up(lab.state)
     except localcluster.LocalClusterError as exc:
@@ -146,6 +146,11 @@ def lab(tmp_path):
                     [n for n in lab.procs if not n.startswith("qdevice")]:
             lab.stop(name)
         localcluster.netns_down(lab.state)
+
+
+@pytest.fixture
+def lab(tmp_path):
+    yield from lab_in_namespaces(Lab(tmp_path), _skip_reason(), "qnetd interop")
 
 
 def tool(sock: Path, *args: str) -> bytes:
