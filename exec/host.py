@@ -24,6 +24,11 @@ that need the ring (corosync's ``CS_LIB_FLOW_CONTROL_REQUIRED``) are answered wi
 generic 24-byte CS_ERR_TRY_AGAIN response, or — CPG MCAST, which is never answered —
 dropped and counted, and every connection's libqb flow-control word is set to 2.
 
+Outside sync the word is also 2 while this node's send backlog exceeds the
+:class:`Admission` bound (a couple of token visits' worth, measured by TotemPg), so a
+client that sends faster than the ring carries gets CS_ERR_TRY_AGAIN from its library
+instead of its messages waiting behind thousands of others.
+
 Bad input never raises out of the host: malformed exec messages are dropped and counted in
 :attr:`HostStats.dropped` (by reason), logged at most once per power-of-two occurrence.
 """
