@@ -20,13 +20,15 @@ from __future__ import annotations
 import ctypes
 import enum
 import errno
+import math
 import mmap
 import os
 import select
 import socket
 import struct
+import threading
 import time
-from typing import Final
+from typing import Any, Callable, Final
 
 # --------------------------------------------------------------------------------------------
 # Constants (libqb qbipc_common.h / ipc_int.h, corosync corotypes.h)
@@ -658,6 +660,17 @@ class IpcClient:
         self._req_sock: socket.socket | None = None
         self._evt_sock: socket.socket | None = None
         self._rxbuf: bytearray | None = None
+        #: SHM notification bytes of committed requests not yet sent (socket full)
+        self._unsent_notifications = 0
+        #: responses still to come for requests whose caller gave up (timeout, cancel):
+        #: they are read and dropped before the next caller's own response
+        self._owed_responses = 0
+        #: run first by close(); each returns False if the SHM mappings must stay mapped
+        #: (a helper thread could still be blocked in a semaphore living there)
+        self._close_hooks: list[Callable[[], bool]] = []
+        #: set by AsyncIpcClient: while its helper thread runs, SHM response counts go
+        #: through it (it sits in the semaphore), so blocking reads take them there too
+        self._response_waiter: _ShmResponseWaiter | None = None
 
     # -- connect -------------------------------------------------------------------------------
 
@@ -814,6 +827,19 @@ class IpcClient:
         Refuses with EAGAIN while the server sets flow control (1..fc_enable_max), with
         EMSGSIZE above the negotiated size; ENOTCONN when the server is gone.
         """
+        self._commit(message, fc_enable_max)
+        # SHM: the chunk is committed now, so its byte must follow even if the server is
+        # slow to drain the socket (it processes one request per byte, §3.5).
+        while not self._flush_notifications():
+            self._check_alive()
+            p = select.poll()
+            p.register(self._setup, select.POLLOUT)
+            p.poll(int(_LIVENESS_SLICE * 1000))
+
+    def _commit(self, message: bytes, fc_enable_max: int = 1) -> None:
+        """Put one message on its way without ever blocking: SHM writes the chunk and posts
+        the request semaphore and *owes* the notification byte (:meth:`_flush_notifications`
+        sends it); SOCKET sends the datagram.  Both clients (blocking and trio) share it."""
         self._check_alive()
         if len(message) > self.max_msg_size:
             raise IpcError(errno.EMSGSIZE, f"message of {len(message)} bytes exceeds "
@@ -830,19 +856,8 @@ class IpcClient:
                     raise IpcError(errno.EAGAIN, f"{self.service}: request ring full")
             except RingError as exc:
                 raise IpcError(errno.EBADMSG, f"{self.service}: {exc}") from None
-            # chunk + sem_post strictly before the byte (§3.5).  The chunk is committed now,
-            # so the byte must follow even if the server is slow to drain the socket.
-            while True:
-                try:
-                    self._setup.send(b"\0")
-                    break
-                except BlockingIOError:
-                    self._check_alive()
-                    p = select.poll()
-                    p.register(self._setup, select.POLLOUT)
-                    p.poll(int(_LIVENESS_SLICE * 1000))
-                except OSError as exc:
-                    raise IpcError(errno.ENOTCONN, f"{self.service}: {exc}") from None
+            # chunk + sem_post strictly before the byte (§3.5)
+            self._unsent_notifications += 1
         else:
             assert self._req_sock is not None
             try:
@@ -853,6 +868,20 @@ class IpcClient:
             except OSError as exc:
                 raise IpcError(exc.errno or errno.ENOTCONN, f"{self.service}: {exc}") from None
 
+    def _flush_notifications(self) -> bool:
+        """Send the notification bytes owed for committed SHM requests, without blocking;
+        True once none is owed.  Bytes are interchangeable, so all owed ones go in one send
+        (a stream: the server sees the same bytes as from separate sends)."""
+        while self._unsent_notifications:
+            try:
+                sent = self._setup.send(b"\0" * self._unsent_notifications)
+            except (BlockingIOError, InterruptedError):
+                return False
+            except OSError as exc:
+                raise IpcError(errno.ENOTCONN, f"{self.service}: {exc}") from None
+            self._unsent_notifications -= sent
+        return True
+
     def recv_response(self, timeout: float | None = None) -> bytes | None:
         """The next raw response (header included); None on timeout."""
         deadline = _deadline(timeout)
@@ -861,8 +890,11 @@ class IpcClient:
             left = _remaining(deadline)
             slice_ = _LIVENESS_SLICE if left is None else min(left, _LIVENESS_SLICE)
             if self.conn_type == IpcType.SHM:
+                waiter = self._response_waiter
                 try:
-                    raw = self._rings[1].read(self.max_msg_size, slice_)
+                    got = (waiter.take_blocking(slice_) if waiter is not None
+                           else self._rings[1].sem.wait(slice_))
+                    raw = self._rings[1].read_taken(self.max_msg_size) if got else None
                 except RingError as exc:
                     raise IpcError(errno.EBADMSG, f"{self.service}: {exc}") from None
             else:
@@ -902,12 +934,22 @@ class IpcClient:
         return self.request_raw(pack_request(msg_id, payload), timeout)
 
     def request_raw(self, message: bytes, timeout: float | None = None) -> tuple[int, int, bytes]:
-        """:meth:`request` for a pre-built message (e.g. CPG's 24-byte-header requests)."""
+        """:meth:`request` for a pre-built message (e.g. CPG's 24-byte-header requests).
+
+        A request that timed out still gets its response later; it is remembered and
+        discarded when it arrives, so the next request reads its own response (responses
+        come in request order, §1.10 rule 1)."""
+        deadline = _deadline(timeout)
         self.send(message)
-        raw = self.recv_response(timeout)
-        if raw is None:
-            raise IpcError(errno.ETIMEDOUT, f"{self.service}: no response")
-        return _unpack_or_raise(self.service, raw)
+        while True:
+            raw = self.recv_response(_remaining(deadline))
+            if raw is None:
+                self._owed_responses += 1
+                raise IpcError(errno.ETIMEDOUT, f"{self.service}: no response")
+            if self._owed_responses:
+                self._owed_responses -= 1
+                continue
+            return _unpack_or_raise(self.service, raw)
 
     # -- events --------------------------------------------------------------------------------
 
@@ -970,13 +1012,19 @@ class IpcClient:
         if self._closed:
             return
         self._closed = True
+        unmap = True
+        for hook in self._close_hooks:
+            unmap = hook() and unmap
+        self._close_hooks.clear()
         try:
             self._setup.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
         self._setup.close()
-        for ring in self._rings:
-            ring.close(unlink=False)
+        if unmap:
+            for ring in self._rings:
+                ring.close(unlink=False)
+        # else: leave them mapped (the straggler holds them) rather than risk a fault
         self._rings.clear()
         for s in (self._req_sock, self._evt_sock):
             if s is not None:
@@ -1013,16 +1061,219 @@ def _unpack_or_raise(service: str, raw: bytes) -> tuple[int, int, bytes]:
         raise IpcError(errno.EBADMSG, f"{service}: {exc}") from None
 
 
+_WAITER_LINGER: Final = 5.0     # an idle response-waiter thread exits after this long
+_WAITER_JOIN: Final = 2.0       # close() waits this long for it to leave the semaphore
+
+
+class _ShmResponseWaiter:
+    """Waits for SHM *response* semaphore counts on behalf of trio, in one helper thread.
+
+    Why a thread: libqb signals a response only through the response ring's process-shared
+    semaphore — no byte on the setup socket (spec §3.5; libqb's own client sleeps in
+    ``sem_timedwait``) — and Linux offers no descriptor for a futex, so trio has nothing to
+    poll.  Sleep-polling ``sem_trywait`` costs latency and CPU; instead a waiting task parks
+    and one thread per connection sits in ``sem_clockwait`` for it (GIL released), handing
+    the count over with ``run_sync_soon`` → ``reschedule``.
+
+    The thread is only involved when the response is not already there: :meth:`take` first
+    tries the semaphore itself (a real-time corosync often answers before the requester
+    gets that far), and the thread waits in the semaphore only while a task is parked —
+    an idle thread never competes for counts, so the blocking API may still be used on the
+    connection.  Idle, it lingers :data:`_WAITER_LINGER` on a condition (so back-to-back
+    calls do not pay for thread starts), then exits; the next wait restarts it.
+
+    Counting instead of handing over results keeps cancellation simple: a count is one
+    committed response, responses come in request order, and the trio side reads the chunk
+    itself.  A count the thread takes after its task gave up is *banked* for the next take;
+    the abandoned request is *owed* (:attr:`IpcClient._owed_responses`), so the next
+    request reads and drops that response before its own.  The thread never outlives
+    :meth:`stop`, which posts the semaphore to get it out of the shared mapping *before*
+    close() unmaps it.
+    """
+
+    def __init__(self, client: IpcClient) -> None:
+        self._service = client.service
+        self._sem = client._rings[1].sem
+        self._setup_fd = client._setup.fileno()
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)   # a task parked, or stop
+        #: counts the thread took while no task was waiting (its caller was cancelled)
+        self._banked = 0
+        #: the trio task waiting for a count, and its run's token
+        self._parked: tuple[Any, Any] | None = None
+        self._failure: IpcError | None = None
+        self._stopping = False
+        self._in_wait = False
+        self._thread: threading.Thread | None = None
+
+    # -- requester side -----------------------------------------------------------------------
+
+    def _take_nowait(self) -> bool:
+        """A banked count, or one already posted; caller holds the lock."""
+        if self._banked:
+            self._banked -= 1
+            return True
+        if self._failure is not None:
+            raise IpcError(self._failure.errno or errno.ENOTCONN, str(self._failure))
+        return self._sem.trywait()
+
+    async def take(self) -> None:
+        """Wait until one response is committed in the ring; raises IpcError ENOTCONN when
+        the server is gone or the client closed meanwhile."""
+        import trio
+
+        with self._lock:
+            ready = self._take_nowait()
+            if not ready:
+                if self._stopping:
+                    raise IpcError(errno.ENOTCONN, f"{self._service}: connection closed")
+                task = trio.lowlevel.current_task()
+                self._parked = (task, trio.lowlevel.current_trio_token())
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, daemon=True,
+                                                    name=f"ipc-{self._service}-responses")
+                    self._thread.start()
+                else:
+                    self._work.notify()
+        if ready:
+            # still a schedule point, but one that cannot lose the count we hold
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return
+
+        def abort(_raise_cancel: object) -> Any:
+            with self._lock:
+                if self._parked is not None and self._parked[0] is task:
+                    self._parked = None      # a count taken meanwhile gets banked
+                    return trio.lowlevel.Abort.SUCCEEDED
+            return trio.lowlevel.Abort.FAILED   # the thread already handed us one
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+    def take_blocking(self, timeout: float) -> bool:
+        """For the blocking API on the same connection: a banked count first (they belong
+        to the oldest responses), else the semaphore itself."""
+        with self._lock:
+            if self._take_nowait():
+                return True
+        return self._sem.wait(timeout)
+
+    def stop(self) -> bool:
+        """Fail any waiting task (ENOTCONN) and end the thread; True once it is gone, i.e.
+        nothing can touch the shared mapping any more."""
+        with self._lock:
+            self._stopping = True
+            self._wake_parked(IpcError(errno.ENOTCONN, f"{self._service}: connection closed"))
+            self._work.notify()
+            thread = self._thread
+            if thread is not None and self._in_wait:
+                try:
+                    self._sem.post()          # releases sem_clockwait at once
+                except OSError:
+                    pass                      # it leaves at the end of its slice instead
+        if thread is None or thread is threading.current_thread():
+            return True
+        thread.join(_WAITER_JOIN)
+        return not thread.is_alive()
+
+    # -- helper thread ------------------------------------------------------------------------
+
+    def _wake_parked(self, error: IpcError | None) -> None:
+        """Reschedule the parked task with a count (None) or an error; caller holds the
+        lock.  Exactly one party (this, or the task's abort) unparks it."""
+        if self._parked is None:
+            return
+        import outcome
+        import trio
+
+        task, token = self._parked
+        self._parked = None
+        result = outcome.Value(None) if error is None else outcome.Error(error)
+        try:
+            token.run_sync_soon(trio.lowlevel.reschedule, task, result)
+        except trio.RunFinishedError:
+            pass
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:   # never leave a task parked on a dead thread
+            with self._lock:
+                self._failure = IpcError(errno.ENOTCONN, f"{self._service}: response "
+                                                         f"waiter failed: {exc!r}")
+                self._wake_parked(self._failure)
+                self._thread = None
+                self._in_wait = False
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                idle_until = time.monotonic() + _WAITER_LINGER
+                while self._parked is None and not self._stopping:
+                    left = idle_until - time.monotonic()
+                    if left <= 0:
+                        self._thread = None  # decided under the lock: take() restarts us
+                        return
+                    self._work.wait(left)
+                if self._stopping:
+                    self._thread = None
+                    return
+                self._in_wait = True
+            got, failure = False, None
+            try:
+                got = self._sem.wait(_LIVENESS_SLICE)
+            except OSError as exc:
+                failure = IpcError(errno.EBADMSG, f"{self._service}: response semaphore: {exc}")
+            if not got and failure is None:
+                failure = self._liveness()
+            with self._lock:
+                self._in_wait = False
+                if self._stopping:
+                    self._thread = None
+                    return
+                if got:
+                    if self._parked is not None:
+                        self._wake_parked(None)
+                    else:
+                        self._banked += 1
+                elif failure is not None:
+                    self._failure = failure
+                    self._wake_parked(failure)
+                    self._thread = None
+                    return
+
+    def _liveness(self) -> IpcError | None:
+        """libqb's check between semaphore slices: HUP/ERR on the setup socket."""
+        p = select.poll()
+        p.register(self._setup_fd, select.POLLIN)
+        for _fd, ev in p.poll(0):
+            if ev & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
+                return IpcError(errno.ENOTCONN, f"{self._service}: server disconnected")
+        return None
+
+
 class AsyncIpcClient:
     """trio-friendly use of :class:`IpcClient` without blocking the event loop.
 
     Connecting runs the blocking handshake in a worker thread (it may talk to a server in the
-    same trio process).  SOCKET waits on the datagram sockets' readability; SHM responses have
-    no fd, so the semaphore is polled with a short back-off (round trips are sub-millisecond).
+    same trio process).  Waits never poll:
+
+    * SHM responses: a helper thread blocked in the response semaphore hands each count to
+      the waiting task (:class:`_ShmResponseWaiter`; the protocol gives no fd for them);
+    * SHM events: the setup socket's readability (one notification byte per event, §3.5);
+    * SOCKET: the datagram sockets' readability (with libqb's liveness slices).
+
+    One request is in flight at a time (a trio lock orders concurrent callers; responses are
+    matched by order).  A call that times out or is cancelled after its request went out
+    leaves the connection usable: its response is dropped when it arrives.  :meth:`close`
+    (or the wrapped client's ``close()``) wakes every task waiting on this client at once;
+    they raise IpcError ENOTCONN, as for a lost server.
     """
 
     def __init__(self, client: IpcClient) -> None:
         self.client = client
+        self._waiter: _ShmResponseWaiter | None = None
+        self._request_lock: Any = None      # a trio.Lock, made on first use
+        client._close_hooks.append(self._on_close)
 
     @classmethod
     async def connect(cls, service: str, **kwargs: object) -> "AsyncIpcClient":
@@ -1034,48 +1285,175 @@ class AsyncIpcClient:
     def fileno(self) -> int:
         return self.client.fileno()
 
+    def _closed_error(self) -> IpcError:
+        return IpcError(errno.ENOTCONN, f"{self.client.service}: connection closed")
+
+    # -- requests ------------------------------------------------------------------------------
+
     async def request(self, msg_id: int, payload: bytes = b"",
                       timeout: float | None = None) -> tuple[int, int, bytes]:
         return await self.request_raw(pack_request(msg_id, payload), timeout)
 
     async def request_raw(self, message: bytes,
                           timeout: float | None = None) -> tuple[int, int, bytes]:
+        """Send ``message`` and wait for its response: (id, error, payload).  ``timeout``
+        None (or negative) waits as long as the server lives; a timeout raises IpcError
+        ETIMEDOUT and, like a cancellation, leaves the connection usable."""
+        import trio
+
+        if self._request_lock is None:
+            self._request_lock = trio.Lock()
+        if timeout is None or timeout < 0:
+            return await self._locked_exchange(message)
+        with trio.move_on_after(timeout):
+            return await self._locked_exchange(message)
+        raise IpcError(errno.ETIMEDOUT, f"{self.client.service}: no response")
+
+    async def _locked_exchange(self, message: bytes) -> tuple[int, int, bytes]:
+        import trio
+
+        lock = self._request_lock
+        try:
+            lock.acquire_nowait()            # the usual case: no extra schedule point
+        except trio.WouldBlock:
+            await lock.acquire()             # fair: handed over in arrival order
+        try:
+            return await self._exchange(message)
+        finally:
+            lock.release()
+
+    async def _exchange(self, message: bytes) -> tuple[int, int, bytes]:
+        c = self.client
+        waiter: _ShmResponseWaiter | None = None
+        if c.conn_type == IpcType.SHM:
+            if c.closed:
+                c._check_alive()             # raises EBADF
+            if self._waiter is None:
+                self._waiter = c._response_waiter = _ShmResponseWaiter(c)
+            waiter = self._waiter
+        c._commit(message)
+        answered = False
+        try:
+            if waiter is not None:
+                await self._flush_notifications()
+            while True:
+                raw = (await self._next_shm_response(waiter) if waiter is not None
+                       else await self._next_socket_response())
+                if c._owed_responses:        # an abandoned call's answer: not ours
+                    c._owed_responses -= 1
+                    continue
+                answered = True
+                return _unpack_or_raise(c.service, raw)
+        finally:
+            if not answered and not c.closed:
+                c._owed_responses += 1
+
+    async def _flush_notifications(self) -> None:
         import trio
 
         c = self.client
-        c.send(message)
-        with trio.move_on_after(timeout if timeout is not None else float("inf")):
-            if c.conn_type == IpcType.SOCKET:
-                assert c._req_sock is not None
-                while True:
-                    # bounded waits: the liveness check in recv_response sees a dead server
-                    with trio.move_on_after(_LIVENESS_SLICE):
-                        await trio.lowlevel.wait_readable(c._req_sock)
-                    raw = c.recv_response(0)
-                    if raw is not None:
-                        return _unpack_or_raise(c.service, raw)
-            delay = 20e-6
-            while True:
-                raw = c.recv_response(0)
-                if raw is not None:
-                    return _unpack_or_raise(c.service, raw)
-                await trio.sleep(delay)
-                delay = min(delay * 2, 0.005)
-        raise IpcError(errno.ETIMEDOUT, f"{c.service}: no response")
+        while not c._flush_notifications():
+            try:
+                await trio.lowlevel.wait_writable(c._setup)
+            except trio.ClosedResourceError:
+                raise self._closed_error() from None
 
-    async def recv_event(self, timeout: float | None = None) -> tuple[int, int, bytes] | None:
+    async def _next_shm_response(self, waiter: _ShmResponseWaiter) -> bytes:
+        await waiter.take()
+        c = self.client
+        if c.closed:
+            raise self._closed_error()
+        try:
+            return c._rings[1].read_taken(c.max_msg_size)
+        except RingError as exc:
+            raise IpcError(errno.EBADMSG, f"{c.service}: {exc}") from None
+
+    async def _next_socket_response(self) -> bytes:
         import trio
 
-        with trio.move_on_after(timeout if timeout is not None else float("inf")):
+        c = self.client
+        assert c._req_sock is not None
+        while True:
+            raw = c.recv_response(0)
+            if raw is not None:
+                return raw
+            # bounded waits: the liveness check in recv_response sees a dead server
+            with trio.move_on_after(_LIVENESS_SLICE):
+                try:
+                    await trio.lowlevel.wait_readable(c._req_sock)
+                except trio.ClosedResourceError:
+                    raise self._closed_error() from None
+
+    # -- events --------------------------------------------------------------------------------
+
+    async def recv_event(self, timeout: float | None = None) -> tuple[int, int, bytes] | None:
+        """Next event as (id, error, payload), or None after ``timeout`` (None = forever)."""
+        import trio
+
+        c = self.client
+        forever = timeout is None or timeout < 0
+        with trio.move_on_after(math.inf if forever else timeout):
             while True:
-                event = self.client.recv_event(0)
+                if c.conn_type == IpcType.SHM:
+                    event = self._shm_event_nowait()
+                else:
+                    event = c.recv_event(0)
                 if event is not None:
                     return event
-                with trio.move_on_after(_LIVENESS_SLICE):
-                    await trio.lowlevel.wait_readable(self.client.fileno())
+                try:
+                    if c.conn_type == IpcType.SHM:
+                        # EOF and HUP make it readable too: no liveness slices needed
+                        await trio.lowlevel.wait_readable(c._setup)
+                    else:
+                        with trio.move_on_after(_LIVENESS_SLICE):
+                            await trio.lowlevel.wait_readable(c.fileno())
+                except trio.ClosedResourceError:
+                    raise self._closed_error() from None
         return None
 
+    def _shm_event_nowait(self) -> tuple[int, int, bytes] | None:
+        """One event if its notification byte is there.  The byte is read first: the server
+        commits the chunk and posts the semaphore before sending it (§3.5), so after the
+        byte the count is there; a byte without a count is dropped (libqb: "Nothing in q
+        but got POLLIN")."""
+        c = self.client
+        if c.closed:
+            c._check_alive()                 # raises EBADF
+        try:
+            byte = c._setup.recv(1)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError as exc:
+            raise IpcError(errno.ENOTCONN, f"{c.service}: {exc}") from None
+        if not byte:
+            raise IpcError(errno.ENOTCONN, f"{c.service}: server disconnected")
+        ring = c._rings[2]
+        if not ring.sem.trywait():
+            return None
+        try:
+            return unpack_response(ring.read_taken(c.max_msg_size))
+        except (RingError, ValueError) as exc:
+            raise IpcError(errno.EBADMSG, f"{c.service}: {exc}") from None
+
+    # -- teardown ------------------------------------------------------------------------------
+
+    def _on_close(self) -> bool:
+        """The wrapped client is closing: wake every task waiting on it, get the helper
+        thread out of the shared mapping (False if it would not leave)."""
+        safe = self._waiter.stop() if self._waiter is not None else True
+        c = self.client
+        try:
+            import trio
+
+            for sock in (c._setup, c._req_sock, c._evt_sock):
+                if sock is not None and sock.fileno() >= 0:
+                    trio.lowlevel.notify_closing(sock)
+        except RuntimeError:
+            pass        # not in trio's thread: no task of this run can be waiting on them
+        return safe
+
     def close(self) -> None:
+        """Disconnect; tasks waiting on this client raise IpcError ENOTCONN at once."""
         self.client.close()
 
     async def __aenter__(self) -> "AsyncIpcClient":

@@ -1,0 +1,330 @@
+"""AsyncIpcClient's waits (lib/ipc.py): no polling, correct under cancellation, woken by close.
+
+SHM responses have no fd (spec/ipc-wire.md §3.5): a helper thread per connection waits in the
+response semaphore for a parked task.  These tests check what that design must guarantee:
+many sequential calls work (in-process server and a server in another process), a call
+cancelled or timed out while its request is in flight never hands its response to the next
+call, close() — of the wrapper or of the wrapped IpcClient, from another task — fails every
+waiting task at once with the lost-connection error (ENOTCONN), a server that goes away is
+noticed, and nothing leaks (threads, fds) after many calls and a close.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import trio
+
+from corosync.lib.ipc import AsyncIpcClient, CsError, IpcClient, IpcError, IpcType
+
+from ipc_helpers import Service, start_server, wait_until
+
+TYPES = ["shm", "socket"]
+HERE = Path(__file__).resolve().parent
+
+
+def helper_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("ipc-")]
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def expect_closed(outcome: list[BaseException | object], started: float,
+                        deadline: float = 2.0) -> float:
+    """Wait (bounded) until the pending call recorded its outcome; return how long after
+    ``started`` it took.  The outcome must be the lost-connection error."""
+    await wait_until(lambda: bool(outcome), timeout=deadline)
+    err = outcome[0]
+    assert isinstance(err, IpcError), err
+    assert err.errno == errno.ENOTCONN and err.cs_error == CsError.ERR_LIBRARY
+    return time.monotonic() - started
+
+
+@pytest.mark.parametrize("ipc_type", TYPES)
+async def test_many_sequential_calls(ipc_type: str) -> None:
+    svc = Service()
+    async with trio.open_nursery() as n:
+        srv = await start_server(n, svc, ipc_type=ipc_type)
+        async with await AsyncIpcClient.connect(srv.service) as c:
+            assert c.client.conn_type == IpcType[ipc_type.upper()]
+            for i in range(1000):
+                payload = b"%d" % i * (1 + i % 7)
+                assert await c.request(1, payload) == (101, CsError.OK, payload)
+            # one helper thread at most, whatever the number of calls
+            assert len(helper_threads()) <= (1 if ipc_type == "shm" else 0)
+        assert srv.stats.requests == 1000
+        n.cancel_scope.cancel()
+
+
+async def test_calls_against_a_server_in_another_process(tmp_path: Path) -> None:
+    """The helper thread really sleeps in a futex another process posts: Debian-style
+    libqb SHM from our server running as a separate process (tests/ipc/mini_cmap_server)."""
+    keys = tmp_path / "keys"
+    keys.write_text("totem.cluster_name (str) = waitlab\nquorum.expected_votes (u32) = 3\n")
+    env = {**os.environ, "COROSYNC_IPC_DIR": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, str(HERE / "mini_cmap_server.py"), "shm",
+                             str(keys)], stdout=subprocess.PIPE, env=env)
+    try:
+        assert proc.stdout is not None
+        with trio.fail_after(20):
+            line = await trio.to_thread.run_sync(proc.stdout.readline)
+        assert line.strip() == b"ready"
+        key = b"totem.cluster_name"
+        name = struct.pack("<H6x256s", len(key), key)
+        get = name + struct.pack("<Q", 64)
+        async with await AsyncIpcClient.connect("cmap", ipc_dir=str(tmp_path)) as c:
+            assert c.client.conn_type == IpcType.SHM
+            for _ in range(300):
+                msg_id, err, body = await c.request(2, get, timeout=10)
+                assert (msg_id, err) == (2, CsError.OK)
+                assert body[16:16 + 8] == b"waitlab\0"
+            # other request kinds in between: each call still reads its own answer
+            for _ in range(3):
+                assert (await c.request(9, struct.pack("<i4x", 0), timeout=10))[:2] == \
+                    (10, CsError.OK)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(10)
+
+
+@pytest.mark.parametrize("ipc_type", TYPES)
+@pytest.mark.parametrize("stale_first", [True, False], ids=["stale-before", "stale-after"])
+async def test_cancelled_call_does_not_corrupt_the_next(ipc_type: str,
+                                                          stale_first: bool) -> None:
+    """A call cancelled while its request is in flight: its response, whenever it comes
+    (before the next request, or while the next one waits), is dropped; the next call gets
+    its own."""
+    svc = Service()
+    async with trio.open_nursery() as n:
+        srv = await start_server(n, svc, ipc_type=ipc_type)
+        async with await AsyncIpcClient.connect(srv.service) as c:
+            for round_ in range(3):
+                with trio.CancelScope() as scope:
+                    async with trio.open_nursery() as inner:
+                        async def cancel_when_seen() -> None:
+                            await wait_until(lambda: bool(svc.pending))
+                            scope.cancel()
+                        inner.start_soon(cancel_when_seen)
+                        await c.request(6, b"")        # deferred: parked until cancelled
+                        pytest.fail("the deferred call returned")
+                assert scope.cancelled_caught
+                stale = svc.pending.pop()
+                stale_payload = b"stale-%d" % round_
+                if stale_first:
+                    stale.send_response(106, stale_payload)
+                    if ipc_type == "shm":
+                        # the helper thread banks the count nobody waits for any more
+                        waiter = c._waiter
+                        assert waiter is not None
+                        await wait_until(lambda: waiter._banked == 1 or
+                                         waiter._sem.value() == 1)
+                    fresh = b"fresh-%d" % round_
+                    assert await c.request(1, fresh, timeout=5) == (101, CsError.OK, fresh)
+                else:
+                    result: list[object] = []
+
+                    async def next_call() -> None:
+                        result.append(await c.request(6, b"", timeout=5))
+
+                    async with trio.open_nursery() as inner:
+                        inner.start_soon(next_call)
+                        await wait_until(lambda: bool(svc.pending))
+                        stale.send_response(106, stale_payload)
+                        svc.pending.pop().send_response(106, b"mine")
+                    assert result == [(106, CsError.OK, b"mine")]
+            assert c.client._owed_responses == 0
+            assert await c.request(1, b"end", timeout=5) == (101, CsError.OK, b"end")
+        n.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("ipc_type", TYPES)
+async def test_timed_out_call_leaves_connection_usable(ipc_type: str) -> None:
+    svc = Service()
+    async with trio.open_nursery() as n:
+        srv = await start_server(n, svc, ipc_type=ipc_type)
+        async with await AsyncIpcClient.connect(srv.service) as c:
+            with pytest.raises(IpcError) as exc:
+                await c.request(6, b"", timeout=0.05)
+            assert exc.value.errno == errno.ETIMEDOUT
+            assert c.client._owed_responses == 1
+            svc.pending.pop().send_response(106, b"late")
+            assert await c.request(1, b"next", timeout=5) == (101, CsError.OK, b"next")
+            assert c.client._owed_responses == 0
+            # the blocking API on the same connection agrees about the order
+            with pytest.raises(IpcError):
+                await c.request(6, b"", timeout=0.05)
+            svc.pending.pop().send_response(106, b"late again")
+            assert await trio.to_thread.run_sync(
+                lambda: c.client.request(1, b"sync", timeout=5)) == (101, CsError.OK, b"sync")
+        n.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("ipc_type", TYPES)
+@pytest.mark.parametrize("how", ["wrapper", "client"])
+async def test_close_wakes_pending_request_at_once(ipc_type: str, how: str) -> None:
+    """close() from another task: the pending call raises the lost-connection error at once
+    (the old wait noticed only at its next liveness slice, ~0.2 s, and said EBADF)."""
+    svc = Service()
+    async with trio.open_nursery() as n:
+        srv = await start_server(n, svc, ipc_type=ipc_type)
+        c = await AsyncIpcClient.connect(srv.service)
+        outcome: list[BaseException | object] = []
+
+        async def pending() -> None:
+            try:
+                outcome.append(await c.request(4, b""))      # never answered
+            except IpcError as exc:
+                outcome.append(exc)
+
+        n.start_soon(pending)
+        await wait_until(lambda: any(m == 4 for _, m in svc.requests))
+        await trio.sleep(0)
+        started = time.monotonic()
+        (c.close if how == "wrapper" else c.client.close)()
+        elapsed = await expect_closed(outcome, started)
+        print(f"{ipc_type}/{how}: pending call failed {elapsed * 1000:.1f} ms after close()")
+        assert not helper_threads()
+        await wait_until(lambda: srv.stats.active == 0)
+        # later calls are refused, not hung
+        with pytest.raises(IpcError):
+            await c.request(1, b"x", timeout=1)
+        n.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("ipc_type", TYPES)
+async def test_close_wakes_event_waiter(ipc_type: str) -> None:
+    svc = Service()
+    async with trio.open_nursery() as n:
+        srv = await start_server(n, svc, ipc_type=ipc_type)
+        c = await AsyncIpcClient.connect(srv.service)
+        assert await c.request(2, b"ev", timeout=5) == (102, CsError.OK, b"ev")
+        assert await c.recv_event(5) == (7, CsError.OK, b"ev")
+        outcome: list[BaseException | object] = []
+        waiting = trio.Event()
+
+        async def events() -> None:
+            waiting.set()
+            try:
+                outcome.append(await c.recv_event(None))
+            except IpcError as exc:
+                outcome.append(exc)
+
+        n.start_soon(events)
+        await waiting.wait()
+        await trio.sleep(0)
+        started = time.monotonic()
+        c.close()
+        await expect_closed(outcome, started)
+        n.cancel_scope.cancel()
+
+
+async def test_server_gone_while_waiting_is_noticed() -> None:
+    """The helper thread checks the setup socket between semaphore slices (libqb does
+    the same every 2 s): a server that drops the connection fails the parked call."""
+    svc = Service()
+    async with trio.open_nursery() as n:
+        srv = await start_server(n, svc, ipc_type="shm")
+        c = await AsyncIpcClient.connect(srv.service)
+        outcome: list[BaseException | object] = []
+
+        async def pending() -> None:
+            try:
+                outcome.append(await c.request(4, b""))
+            except IpcError as exc:
+                outcome.append(exc)
+
+        n.start_soon(pending)
+        await wait_until(lambda: any(m == 4 for _, m in svc.requests))
+        svc.connected[0].close("test drops the client")
+        await expect_closed(outcome, time.monotonic(), deadline=5)
+        c.close()
+        assert not helper_threads()
+        n.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("ipc_type", TYPES)
+async def test_no_thread_or_fd_leak(ipc_type: str) -> None:
+    svc = Service()
+    async with trio.open_nursery() as n:
+        srv = await start_server(n, svc, ipc_type=ipc_type)
+        # warm-up: trio's to_thread worker (used by connect) is cached from now on
+        (await AsyncIpcClient.connect(srv.service)).close()
+        await wait_until(lambda: srv.stats.active == 0)
+        threads, fds = threading.active_count(), open_fds()
+
+        c = await AsyncIpcClient.connect(srv.service)
+        for i in range(1000):
+            assert (await c.request(1, b"%d" % i))[2] == b"%d" % i
+        for _ in range(50):          # cancelled waits must not add threads either
+            with trio.move_on_after(0.001):
+                await c.request(6, b"")
+            await wait_until(lambda: len(svc.pending) == 1)
+            svc.pending.pop().send_response(106, b"late")
+        assert (await c.request(1, b"last", timeout=5))[2] == b"last"
+        assert len(helper_threads()) == (1 if ipc_type == "shm" else 0)
+        c.close()
+
+        await wait_until(lambda: srv.stats.active == 0)
+        assert not helper_threads()
+        assert threading.active_count() == threads
+        assert open_fds() == fds
+        n.cancel_scope.cancel()
+
+
+class _StepCounter(trio.abc.Instrument):
+    """Counts how often trio runs one task: a parked task is not run until woken."""
+
+    def __init__(self) -> None:
+        self.task: trio.lowlevel.Task | None = None
+        self.steps = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task is self.task:
+            self.steps += 1
+
+
+@pytest.mark.parametrize("ipc_type", TYPES)
+async def test_waiting_call_is_parked_not_polling(ipc_type: str) -> None:
+    """While its response is outstanding a call is not run at all (the old SHM wait slept
+    and retried with a 20 µs → 5 ms back-off, i.e. it ran again and again).  The interval
+    is 300 round trips of another connection, not a fixed sleep."""
+    svc = Service()
+    async with trio.open_nursery() as n:
+        srv = await start_server(n, svc, ipc_type=ipc_type)
+        async with await AsyncIpcClient.connect(srv.service) as c, \
+                await AsyncIpcClient.connect(srv.service) as other:
+            counter = _StepCounter()
+            result: list[object] = []
+
+            async def deferred() -> None:
+                counter.task = trio.lowlevel.current_task()
+                result.append(await c.request(6, b"", timeout=10))
+
+            n.start_soon(deferred)
+            await wait_until(lambda: bool(svc.pending))
+            trio.lowlevel.add_instrument(counter)
+            try:
+                counter.steps = 0
+                for i in range(300):
+                    assert (await other.request(1, b"%d" % i, timeout=5))[2] == b"%d" % i
+                idle_steps = counter.steps
+                svc.pending.pop().send_response(106, b"done")
+                await wait_until(lambda: bool(result))
+            finally:
+                trio.lowlevel.remove_instrument(counter)
+            assert result == [(106, CsError.OK, b"done")]
+            # SOCKET waits in libqb's liveness slices (0.2 s): at most a wake per slice
+            assert idle_steps <= (0 if ipc_type == "shm" else 3), idle_steps
+        n.cancel_scope.cancel()
