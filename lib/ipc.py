@@ -190,7 +190,7 @@ def pack_conn_response(error: int, conn_type: int = 0, max_msg_size: int = 0, co
             + _cstr(request) + _cstr(response) + _cstr(event))
 
 
-def _field(buf: bytes, off: int) -> str:
+def _field(buf: bytes | mmap.mmap, off: int) -> str:
     raw = buf[off:off + PATH_MAX]
     return raw.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
 
@@ -1263,7 +1263,8 @@ class AsyncIpcClient:
     * SOCKET: the datagram sockets' readability (with libqb's liveness slices).
 
     One request is in flight at a time (a trio lock orders concurrent callers; responses are
-    matched by order).  A call that times out or is cancelled after its request went out
+    matched by order).  :meth:`send` (no response) awaits a full setup socket instead of
+    blocking in poll() as ``client.send`` does.  A call that times out or is cancelled after its request went out
     leaves the connection usable: its response is dropped when it arrives.  :meth:`close`
     (or the wrapped client's ``close()``) wakes every task waiting on this client at once;
     they raise IpcError ENOTCONN, as for a lost server.
@@ -1276,7 +1277,7 @@ class AsyncIpcClient:
         client._close_hooks.append(self._on_close)
 
     @classmethod
-    async def connect(cls, service: str, **kwargs: object) -> "AsyncIpcClient":
+    async def connect(cls, service: str, **kwargs: Any) -> "AsyncIpcClient":
         import trio
 
         client = await trio.to_thread.run_sync(lambda: IpcClient.connect(service, **kwargs))
@@ -1289,6 +1290,18 @@ class AsyncIpcClient:
         return IpcError(errno.ENOTCONN, f"{self.client.service}: connection closed")
 
     # -- requests ------------------------------------------------------------------------------
+
+    async def send(self, message: bytes, *, fc_enable_max: int = 1) -> None:
+        """:meth:`IpcClient.send` (a message without response, e.g. CPG MCAST) without
+        blocking the event loop: when the setup socket is full, the SHM notification byte is
+        awaited here (if cancelled meanwhile, it is owed and goes out with the next
+        message).  Refusals (EAGAIN, EMSGSIZE, ENOTCONN) are raised as IpcClient does."""
+        import trio
+
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self.client._commit(message, fc_enable_max)
+        if self.client.conn_type == IpcType.SHM:
+            await self._flush_notifications()
 
     async def request(self, msg_id: int, payload: bytes = b"",
                       timeout: float | None = None) -> tuple[int, int, bytes]:

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from corosync.lib.ipc import AsyncIpcClient, CsError, IpcClient, IpcError, IpcType
+from corosync.lib.ipc import AsyncIpcClient, CsError, IpcError, IpcType, pack_request
 
 from ipc_helpers import Service, start_server, wait_until
 
@@ -327,4 +327,21 @@ async def test_waiting_call_is_parked_not_polling(ipc_type: str) -> None:
             assert result == [(106, CsError.OK, b"done")]
             # SOCKET waits in libqb's liveness slices (0.2 s): at most a wake per slice
             assert idle_steps <= (0 if ipc_type == "shm" else 3), idle_steps
+        n.cancel_scope.cancel()
+
+
+async def test_async_send_burst_does_not_block_the_loop() -> None:
+    """Messages without response, faster than the server drains its notification bytes:
+    the blocking send would sit in poll() with the (in-process) server unable to run;
+    AsyncIpcClient.send awaits writability instead, and every message arrives."""
+    svc = Service()
+    async with trio.open_nursery() as n:
+        srv = await start_server(n, svc, ipc_type="shm")
+        async with await AsyncIpcClient.connect(srv.service) as c:
+            with trio.fail_after(20):
+                for _ in range(3000):            # id 4: the service never answers it
+                    await c.send(pack_request(4))
+                assert await c.request(1, b"after", timeout=10) == (101, CsError.OK, b"after")
+            assert c.client._unsent_notifications == 0
+            assert sum(1 for _, m in svc.requests if m == 4) == 3000
         n.cancel_scope.cancel()
