@@ -11,7 +11,17 @@ when no datagram is in flight (to fire timers), so the figure is pure CPU cost o
 protocol stack: wire codec, srp token/mcast handling, totempg packing and unpacking.
 
 "Ordered" = delivered (PgDeliver) at node 1, counted from the moment the full ring has
-formed.  Not a test: a script that prints a table, with ratios against pure/64 B.
+formed.  Not a test: a script that prints a table, with ratios against pure/64 B.  Rates
+use the worker's CPU time (``time.process_time``): on a shared, loaded machine wall time
+swings far more.
+
+A/B comparison of two Srp implementations (e.g. before/after a change)::
+
+    git show HEAD~1:exec/totem/srp.py > /tmp/srp_before.py
+    python bench/totem_core.py --ab /tmp/srp_before.py --rounds 6
+
+runs the current srp and the given file alternately (interleaved, so machine load hits
+both alike) and prints per-round rates, medians and the ratio.
 """
 
 from __future__ import annotations
@@ -26,6 +36,104 @@ import time
 from collections import deque
 
 TARGET = 200_000  # msg/s of 64 B, the goal for later tuning
+
+
+def load_srp(path: str) -> None:
+    """Install the Srp module at ``path`` as ``corosync.exec.totem.srp`` (A/B runs)."""
+    import importlib.util
+
+    import corosync.exec.totem as pkg
+
+    spec = importlib.util.spec_from_file_location("corosync.exec.totem.srp", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["corosync.exec.totem.srp"] = mod
+    spec.loader.exec_module(mod)
+    pkg.srp = mod
+
+
+def srp_worker(nodes: int, size: int, messages: int) -> dict:
+    """Srp alone (no totempg): one MCAST per message, every node's queue topped up.
+    Isolates the cost of srp (token visits, MCAST receive/delivery) plus the codec."""
+    from corosync.exec.totem import wire
+    from corosync.exec.totem.config import derive
+    from corosync.exec.totem.events import (CancelTimer, ConfChg, ConfChgKind, Deliver,
+                                            Multicast, StartTimer, Unicast)
+    from corosync.exec.totem.srp import Srp
+
+    cfg = derive(nodes)
+    ids = list(range(1, nodes + 1))
+    stacks = {i: Srp(i, cfg) for i in ids}
+    net: deque = deque()
+    timers: list = []
+    armed: dict = {}
+    gen = 0
+    now = 0
+    delivered = 0
+    formed = {i: False for i in ids}
+    payload = b"x" * size
+
+    def apply(node: int, actions: list) -> None:
+        nonlocal gen, delivered
+        for a in actions:
+            t = type(a)
+            if t is Deliver:
+                if node == 1:
+                    delivered += 1
+            elif t is Multicast:
+                for dst in ids:
+                    net.append((dst, a.data))
+            elif t is Unicast:
+                net.append((a.nodeid, a.data))
+            elif t is StartTimer:
+                gen += 1
+                armed[(node, a.kind)] = gen
+                heapq.heappush(timers, (now + a.ms, gen, node, a.kind))
+            elif t is CancelTimer:
+                armed.pop((node, a.kind), None)
+            elif t is ConfChg and a.kind == ConfChgKind.REGULAR:
+                formed[node] = len(a.members) == nodes
+                apply(node, stacks[node].trans_ack(now))
+
+    def top_up() -> None:
+        for i in ids:
+            srp = stacks[i]
+            for _ in range(min(srp.queue_space(), 64)):
+                apply(i, srp.send(payload, 0, now))
+
+    for i in ids:
+        apply(i, stacks[i].start(now))
+    start = None
+    base = 0
+    while True:
+        if start is None and all(formed.values()):
+            start, base = time.process_time(), delivered
+        if start is not None and delivered - base >= messages:
+            break
+        if net:
+            dst, data = net.popleft()
+            apply(dst, stacks[dst].receive(data, now))
+            if start is not None and data[3] == 0:  # a token moved: refill
+                top_up()
+            continue
+        if start is not None:
+            top_up()
+            if net:
+                continue
+        while timers:
+            t, g, node, kind = heapq.heappop(timers)
+            if armed.get((node, kind)) == g:
+                del armed[(node, kind)]
+                now = t
+                apply(node, stacks[node].timer_expired(kind, now))
+                break
+        else:
+            raise RuntimeError("ring stalled: no datagram and no timer")
+        if now > 600_000:
+            raise RuntimeError("ring did not form within 600 virtual seconds")
+    seconds = time.process_time() - start
+    n = delivered - base
+    return {"backend": wire.BACKEND, "size": size, "messages": n, "seconds": seconds,
+            "rate": n / seconds}
 
 
 def worker(nodes: int, size: int, messages: int) -> dict:
@@ -87,7 +195,7 @@ def worker(nodes: int, size: int, messages: int) -> dict:
     steps = 0
     while True:
         if start is None and all(formed.values()):
-            start, base = time.perf_counter(), delivered
+            start, base = time.process_time(), delivered
         if start is not None and delivered - base >= messages:
             break
         if net:
@@ -112,10 +220,52 @@ def worker(nodes: int, size: int, messages: int) -> dict:
             raise RuntimeError("ring stalled: no datagram and no timer")
         if now > 600_000:
             raise RuntimeError("ring did not form within 600 virtual seconds")
-    seconds = time.perf_counter() - start
+    seconds = time.process_time() - start
     n = delivered - base
     return {"backend": wire.BACKEND, "size": size, "messages": n, "seconds": seconds,
             "rate": n / seconds}
+
+
+def _run_worker(size: int, messages: int, nodes: int, srp: str | None,
+                backend: str = "pure", srp_only: bool = False) -> dict | None:
+    env = dict(os.environ, COROSYNC_CODEC=backend)
+    argv = [sys.executable, __file__, "--worker", "--size", str(size),
+            "--messages", str(messages), "--nodes", str(nodes)]
+    if srp:
+        argv += ["--srp", srp]
+    if srp_only:
+        argv.append("--srp-only")
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        print(proc.stderr.strip().splitlines()[-1:] or ["worker failed"], file=sys.stderr)
+        return None
+    return json.loads(proc.stdout)
+
+
+def ab(args: argparse.Namespace) -> int:
+    import statistics
+
+    print(f"A/B, {args.nodes}-node ring, pure codec, CPU-time msg/s; "
+          f"A = current srp, B = {args.ab}")
+    for label, size, srp_only in (("pg", 64, False), ("pg", 1024, False),
+                                  ("srp-only", 64, True)):
+        a_rates: list[float] = []
+        b_rates: list[float] = []
+        for i in range(args.rounds):
+            order = [(a_rates, None), (b_rates, args.ab)]
+            if i % 2:
+                order.reverse()
+            for rates, srp in order:
+                r = _run_worker(size, args.messages, args.nodes, srp, srp_only=srp_only)
+                if r is None:
+                    return 1
+                rates.append(r["rate"])
+        ma, mb = statistics.median(a_rates), statistics.median(b_rates)
+        print(f"{label:<8} {size:>5} B  A median {ma:>9,.0f}  B median {mb:>9,.0f}  "
+              f"A/B {ma / mb:.3f}"
+              f"   (A {' '.join(f'{x:,.0f}' for x in a_rates)} | "
+              f"B {' '.join(f'{x:,.0f}' for x in b_rates)})")
+    return 0
 
 
 def main() -> int:
@@ -124,10 +274,20 @@ def main() -> int:
     ap.add_argument("--nodes", type=int, default=3)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--size", type=int, default=64, help=argparse.SUPPRESS)
+    ap.add_argument("--srp", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--srp-only", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--ab", metavar="SRP_FILE", default=None,
+                    help="compare the current srp with this srp.py (interleaved rounds)")
+    ap.add_argument("--rounds", type=int, default=5, help="rounds per side with --ab (5)")
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.nodes, args.size, args.messages)))
+        if args.srp:
+            load_srp(args.srp)
+        run = srp_worker if args.srp_only else worker
+        print(json.dumps(run(args.nodes, args.size, args.messages)))
         return 0
+    if args.ab:
+        return ab(args)
     rows = []
     for backend in ("pure", "c"):
         for size in (64, 1024):

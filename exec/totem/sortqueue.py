@@ -69,10 +69,19 @@ class SortQueue(Generic[T]):
                     del miss[key]
             else:
                 s = self.head
-                for _ in range(count):
-                    items.pop(s, None)
-                    miss.pop(s, None)
-                    s = (s + 1) & U32
+                pop = items.pop
+                if miss:
+                    for _ in range(count):
+                        pop(s, None)
+                        miss.pop(s, None)
+                        s = (s + 1) & U32
+                elif s + count <= U32:  # no wrap inside the released range
+                    for key in range(s, s + count):
+                        pop(key, None)
+                else:
+                    for _ in range(count):
+                        pop(s, None)
+                        s = (s + 1) & U32
         self.head = (seq + 1) & U32
 
     def in_order_from(self, start: int) -> Iterator[int]:

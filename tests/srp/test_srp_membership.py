@@ -205,9 +205,12 @@ def test_commit_and_recovery_survive_lost_commit_tokens():
     assert lost["n"] == 0
 
 
-def test_join_that_changes_nothing_does_not_restart_gather():
-    """Regression (found by corosync-sim): groups whose failed lists disagree must not
-    ping-pong JOINs forever, each one restarting the other's consensus timer."""
+def test_failed_list_of_a_node_from_another_ring_is_adopted():
+    """Deviation (docs/totem.md): corosync adopts failed lists from members of its own
+    old ring only, so after a heal nodes of different old rings cannot agree until
+    consensus timeouts split them (slow convergence found by corosync-sim).  We adopt
+    the list of any sender that does not count us failed; a JOIN inside our lists still
+    changes nothing and does not re-gather (no JOIN ping-pong)."""
     from corosync.exec.totem.events import Multicast, StartTimer, TimerKind
     from corosync.exec.totem.srp import Srp
     from corosync.exec.totem.wire import Join
@@ -216,14 +219,19 @@ def test_join_that_changes_nothing_does_not_restart_gather():
     node.start(0)
     node._proc = [1, 2, 3, 4]
     node._failed = [4]
+    assert 3 not in node._memb  # not a member of our old ring
     acts = node.receive(Join(3, 3, (1, 2, 3, 4), (2,), 1).encode(), 10)
+    joins = [decode(a.data) for a in acts if isinstance(a, Multicast)]
+    assert len(joins) == 1 and joins[0].failed_list == (4, 2)
+    assert node._failed == [4, 2]
+    # a sender that counts us failed is failed in turn; its list is not adopted
+    node.receive(Join(5, 5, (1, 5), (1, 6), 1).encode(), 11)
+    assert 5 in node._failed and 6 not in node._failed and 5 in node._proc
+    # a JOIN inside our lists teaches nothing: no new JOIN, consensus timer untouched
+    acts = node.receive(Join(3, 3, (1, 2, 3), (4,), 1).encode(), 12)
     assert not [a for a in acts if isinstance(a, Multicast)]
     assert not [a for a in acts if isinstance(a, StartTimer) and a.kind is TimerKind.CONSENSUS]
-    assert node.state is MembState.GATHER and node._failed == [4]
-    # a JOIN that does add something still re-gathers at once
-    acts = node.receive(Join(5, 5, (1, 2, 3, 4, 5), (4,), 1).encode(), 11)
-    joins = [decode(a.data) for a in acts if isinstance(a, Multicast)]
-    assert len(joins) == 1 and set(joins[0].proc_list) == {1, 2, 3, 4, 5}
+    assert node.state is MembState.GATHER
 
 
 def test_disagreeing_failed_lists_converge_after_consensus_timeout():
