@@ -242,6 +242,11 @@ class CpgService(Service):
         }
         self.stats = CpgStats()
         self.procs: list[ProcInfo] = []
+        #: (nodeid, group) pairs with a process, for the per-delivery visibility check;
+        #: rebuilt when ``procs`` changed (version bumped, or the list replaced)
+        self._procs_version = 0
+        self._known: tuple[int, list[ProcInfo] | None, frozenset[tuple[int, bytes]]] = (
+            -1, None, frozenset())
         self.cpds: list[Cpd] = []
         self.member_list: tuple[int, ...] = ()
         self.old_member_list: tuple[int, ...] = ()
@@ -288,6 +293,7 @@ class CpgService(Service):
                 idx = i
                 break
         self.procs.insert(idx, pi)
+        self._procs_version += 1
 
     def _event_targets(self, group: bytes) -> list[Cpd]:
         return [c for c in self.cpds if not c.finalized and c.group == group
@@ -341,6 +347,7 @@ class CpgService(Service):
         self._notify_joinlist(group, [], [(nodeid, pid, reason)])
         self.procs = [p for p in self.procs
                       if not (p.pid == pid and p.nodeid == nodeid and p.group == group)]
+        self._procs_version += 1
 
     # ------------------------------------------------------------------ exec handlers
     def _exec_procjoin(self, msg: bytes, nodeid: int) -> None:
@@ -362,15 +369,24 @@ class CpgService(Service):
         self._log(LogLevel.DEBUG, f"got joinlist message from node {nodeid}")
         self.joinlist_entries.extend((nodeid, pid, group) for pid, group in entries)
 
-    def _deliver_to_group(self, group: bytes, nodeid: int, event_id: int, payload: bytes) -> None:
+    def _delivery_targets(self, group: bytes, nodeid: int) -> list[Cpd]:
+        """The local connections a message of ``nodeid`` to ``group`` is delivered to:
+        none unless we know a process of that node in the group (§7.2 pitfall 4)."""
         targets = self._event_targets(group)
         if not targets:
-            return
-        if not any(p.nodeid == nodeid and p.group == group for p in self.procs):
+            return targets
+        version, source, known = self._known
+        if version != self._procs_version or source is not self.procs:
+            known = frozenset((p.nodeid, p.group) for p in self.procs)
+            self._known = (self._procs_version, self.procs, known)
+        if (nodeid, group) not in known:
             self.stats.mcast_unknown_node += 1
             self.api.log_limited(LogLevel.WARNING, "cpg:unknown_node",
                                  "Unknown node -> we will not deliver message", self.subsys)
-            return
+            return []
+        return targets
+
+    def _deliver_to(self, targets: list[Cpd], event_id: int, payload: bytes) -> None:
         for cpd in targets:
             if not send_event(cpd.conn, event_id, payload):
                 self.stats.events_lost += 1
@@ -383,9 +399,10 @@ class CpgService(Service):
         if msglen > len(msg) - MCAST_HEADER_SIZE:
             raise Malformed("cpg_bad_size", f"mcast msglen {msglen} in {len(msg)} bytes")
         self.stats.mcast_rx += 1
-        body = msg[MCAST_HEADER_SIZE:MCAST_HEADER_SIZE + msglen]
-        self._deliver_to_group(group, nodeid, RES_DELIVER,
-                               proto.deliver_body(group, nodeid, pid, body))
+        targets = self._delivery_targets(group, nodeid)
+        if targets:  # the event is built only for a node with clients in the group
+            body = msg[MCAST_HEADER_SIZE:MCAST_HEADER_SIZE + msglen]
+            self._deliver_to(targets, RES_DELIVER, proto.deliver_body(group, nodeid, pid, body))
 
     def _exec_partial_mcast(self, msg: bytes, nodeid: int) -> None:
         need(msg, PARTIAL_HEADER_SIZE, "cpg partial mcast")
@@ -394,9 +411,11 @@ class CpgService(Service):
         if fraglen > len(msg) - PARTIAL_HEADER_SIZE:
             raise Malformed("cpg_bad_size", f"partial fraglen {fraglen} in {len(msg)} bytes")
         self.stats.mcast_rx += 1
-        body = msg[PARTIAL_HEADER_SIZE:PARTIAL_HEADER_SIZE + fraglen]
-        self._deliver_to_group(group, nodeid, RES_PARTIAL_DELIVER,
-                               proto.partial_deliver_body(group, msglen, nodeid, pid, ptype, body))
+        targets = self._delivery_targets(group, nodeid)
+        if targets:
+            body = msg[PARTIAL_HEADER_SIZE:PARTIAL_HEADER_SIZE + fraglen]
+            self._deliver_to(targets, RES_PARTIAL_DELIVER, proto.partial_deliver_body(
+                group, msglen, nodeid, pid, ptype, body))
 
     def _exec_downlist_old(self, msg: bytes, nodeid: int) -> None:
         self._log(LogLevel.DEBUG, f"downlist OLD from node {nodeid}")
@@ -452,6 +471,7 @@ class CpgService(Service):
             else:
                 kept.append(p)
         self.procs = kept
+        self._procs_version += 1
         for group in sorted(by_group, key=_cstr_key):
             self._notify_joinlist(group, [], by_group[group])
 
