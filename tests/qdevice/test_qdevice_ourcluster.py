@@ -14,7 +14,8 @@ What an operator sees is compared with the reference run of the stock stack
   ``qnetd-stopped-quorumtool-s.txt``); restarted, the qdevices reconnect and the vote
   comes back;
 * node 2 SIGKILLed (executive and qdevice): node 1 stays quorate with 2 of 3 votes
-  (``after-kill-quorumtool-s.txt``, ``after-kill-qdevice-tool-s.txt``);
+  (``after-kill-quorumtool-s.txt``, ``after-kill-qdevice-tool-s.txt``, and Debian's
+  ``corosync-quorumtool -m`` across the kill equal to ``after-kill-quorumtool-m.txt``);
 * ``corosync-qdevice-tool -H``: the qdevice exits 0 and the Qdevice leaves votequorum.
 
 Each daemon runs directly in its node's namespace (``ip netns exec`` execs it, so the pid
@@ -246,11 +247,24 @@ def test_our_qdevice_on_our_cluster(lab, shared_dir, server, tls):
     wait_for(lambda: "A,V,NMW n2 (local)" in lab.quorum(2, True), 15,
              lambda: lab.quorum(2, True) + lab.diag("qdevice2"))
 
-    # 3. node 2 dies: node 1 keeps its vote and the qdevice's (ffsplit), 2 of 3
+    # 3. node 2 dies: node 1 keeps its vote and the qdevice's (ffsplit), 2 of 3; Debian's
+    # `corosync-quorumtool -m` across the kill prints exactly the reference's two blocks
+    # (no intermediate notification)
+    monitor = have_deb_tool and shutil.which("stdbuf") is not None
+    if monitor:
+        lab.popen("monitor", ["ip", "netns", "exec", lab.ns(1), "stdbuf", "-oL",
+                              DEBIAN_QUORUMTOOL, "-m"])
+        wait_for(lambda: "Qdevice\n" in lab.output("monitor"), 15,
+                 lambda: lab.output("monitor"))
     lab.stop("qdevice2", signal.SIGKILL)
     lab.stop("corosync2", signal.SIGKILL)
     wait_for(lambda: same(1, ref / "after-kill-quorumtool-s.txt"), 20,
              lambda: both("qdevice1", "corosync1"))
+    if monitor:
+        want_m = mask((ref / "after-kill-quorumtool-m.txt").read_text())
+        wait_for(lambda: mask(lab.output("monitor")) == want_m, 10,
+                 lambda: lab.output("monitor"))
+        lab.stop("monitor")
     want = mask((ref / "after-kill-qdevice-tool-s.txt").read_text())
     wait_for(lambda: mask(lab.qdevice_tool(1, "-s").stdout.decode()) == want, 15,
              lambda: lab.qdevice_tool(1, "-s").stdout.decode())
