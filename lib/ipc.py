@@ -1263,11 +1263,12 @@ class AsyncIpcClient:
     * SOCKET: the datagram sockets' readability (with libqb's liveness slices).
 
     One request is in flight at a time (a trio lock orders concurrent callers; responses are
-    matched by order).  :meth:`send` (no response) awaits a full setup socket instead of
-    blocking in poll() as ``client.send`` does.  A call that times out or is cancelled after its request went out
-    leaves the connection usable: its response is dropped when it arrives.  :meth:`close`
-    (or the wrapped client's ``close()``) wakes every task waiting on this client at once;
-    they raise IpcError ENOTCONN, as for a lost server.
+    matched by order).  A call that times out or is cancelled after its request went out
+    leaves the connection usable: its response is dropped when it arrives.  :meth:`send`
+    (no response expected) awaits a full setup socket instead of blocking in poll() as
+    ``client.send`` does.  :meth:`close` (or the wrapped client's ``close()``) wakes every
+    task waiting on this client at once; they raise IpcError ENOTCONN, as for a lost
+    server.
     """
 
     def __init__(self, client: IpcClient) -> None:

@@ -345,3 +345,26 @@ async def test_async_send_burst_does_not_block_the_loop() -> None:
             assert c.client._unsent_notifications == 0
             assert sum(1 for _, m in svc.requests if m == 4) == 3000
         n.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("ipc_type", TYPES)
+async def test_random_cancellations_never_mix_up_responses(ipc_type: str) -> None:
+    """Echo calls under deadlines that expire at every possible point (before the send,
+    while parked, while the helper thread hands over): whatever completes carries its own
+    payload, and the connection keeps working."""
+    import random
+
+    rng = random.Random(7)
+    svc = Service()
+    async with trio.open_nursery() as n:
+        srv = await start_server(n, svc, ipc_type=ipc_type)
+        async with await AsyncIpcClient.connect(srv.service) as c:
+            completed = 0
+            for i in range(400):
+                payload = b"call-%d" % i
+                with trio.move_on_after(rng.choice([0, 0, 1e-5, 5e-5, 2e-4, 1e-3, 1])):
+                    assert await c.request(1, payload) == (101, CsError.OK, payload)
+                    completed += 1
+            assert 0 < completed < 400
+            assert await c.request(1, b"end", timeout=5) == (101, CsError.OK, b"end")
+        n.cancel_scope.cancel()
