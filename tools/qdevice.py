@@ -173,6 +173,14 @@ async def _serve(opts: Options, log: logging.Logger) -> int:
         except (VqError, OSError) as exc:
             log.critical("Can't register votequorum device. %s", exc)
             return 1
+        try:
+            # like the stock daemon: the expected votes shown by `-s -v` start from GETINFO
+            # (votequorum sends EXPECTEDVOTES notifications only when they change)
+            expected_votes = (await vq.info()).expected_votes
+        except (VqError, OSError) as exc:
+            log.critical("Can't get votequorum information. %s", exc)
+            await vq.unregister(name)
+            return 1
         mw = s["master_wins"].lower()
         allow = mw in ("on", "yes", "1")
         log.debug("Configuring master_wins")
@@ -201,6 +209,7 @@ async def _serve(opts: Options, log: logging.Logger) -> int:
                 return 1
             tls = lambda: client_context(db)  # noqa: E731
         core = C.QdeviceNet(cfg)
+        core.expected_votes = expected_votes
         driver = QdeviceDriver(core, _NamedVq(), tls_context=tls, qnetd_cn=s["net_nss_qnetd_cn"],
                                socket_path=s["local_socket_file"])
         try:

@@ -91,16 +91,21 @@ class Votequorum:
             raise VqError(what, err)
         return body
 
-    async def this_node_id(self) -> int:
+    async def info(self) -> vp.NodeInfo:
+        """GETINFO for node id 0 (= this node): own id, expected votes, …"""
         body = await self._call("getinfo", vp.REQ_GETINFO, vp.enc_getinfo(0))
         try:
-            return vp.NodeInfo.decode(body).nodeid
+            return vp.NodeInfo.decode(body)
         except ProtoError:
             raise VqError("getinfo", CsError.ERR_MESSAGE_ERROR) from None
 
+    async def this_node_id(self) -> int:
+        return (await self.info()).nodeid
+
     async def trackstart(self) -> None:
-        await self._call("trackstart", vp.REQ_TRACKSTART,
-                         vp.enc_trackstart(0, TRACK_CURRENT | TRACK_CHANGES))
+        """CS_TRACK_CHANGES, as the stock qdevice asks (corosync sends the current node
+        list and quorum at once for it too)."""
+        await self._call("trackstart", vp.REQ_TRACKSTART, vp.enc_trackstart(0, TRACK_CHANGES))
 
     async def register(self, name: str = QDEVICE_NAME) -> None:
         await self._call("qdevice_register", vp.REQ_QDEVICE_REGISTER,

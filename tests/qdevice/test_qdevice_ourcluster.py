@@ -230,9 +230,11 @@ def test_our_qdevice_on_our_cluster(lab, shared_dir, server, tls):
     r = lab.qdevice_tool(1, "-s")
     assert r.returncode == 0, r.stderr
     assert mask(r.stdout.decode()) == mask((ref / "running-qdevice-tool-s.txt").read_text())
+    verbose = lab.qdevice_tool(1, "-s", "-v").stdout.decode()
+    # GETINFO at start-up gives the expected votes, as in running-qdevice-tool-s-v.txt
+    assert "Expected votes:\t\t3\n" in verbose, verbose
     if tls == "on":
-        r = lab.qdevice_tool(1, "-s", "-v")
-        assert "TLS active:\t\tYes (client certificate sent)\n" in r.stdout.decode(), r.stdout
+        assert "TLS active:\t\tYes (client certificate sent)\n" in verbose, verbose
 
     # 2. qnetd lost (SIGKILL): NACK, A,NV,NMW, quorate with 2 of 3; back: reconnect, 3 votes
     lab.stop("qnetd", signal.SIGKILL)
