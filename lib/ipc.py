@@ -628,6 +628,8 @@ def connection_directory_prefix(server_pid: int, client_pid: int, fd: int) -> st
 # --------------------------------------------------------------------------------------------
 
 _LIVENESS_SLICE: Final = 0.2   # re-check the setup socket this often while waiting
+_WAITER_LINGER: Final = 5.0    # an idle trio response-waiter thread exits after this long
+_WAITER_JOIN: Final = 2.0      # close() waits this long for threads to leave the mappings
 
 
 def _deadline(timeout: float | None) -> float | None:
@@ -668,6 +670,11 @@ class IpcClient:
         #: run first by close(); each returns False if the SHM mappings must stay mapped
         #: (a helper thread could still be blocked in a semaphore living there)
         self._close_hooks: list[Callable[[], bool]] = []
+        #: threads inside the SHM mappings right now; close() from another thread wakes
+        #: them (posts the semaphores) and waits for them before unmapping
+        self._users = 0
+        self._users_lock = threading.Lock()
+        self._users_gone = threading.Condition(self._users_lock)
         #: set by AsyncIpcClient: while its helper thread runs, SHM response counts go
         #: through it (it sits in the semaphore), so blocking reads take them there too
         self._response_waiter: _ShmResponseWaiter | None = None
@@ -813,6 +820,21 @@ class IpcClient:
                 if not data:
                     raise IpcError(errno.ENOTCONN, f"{self.service}: server disconnected")
 
+    def _use_mappings(self) -> None:
+        """Enter the SHM mappings (pair with :meth:`_leave_mappings`): a blocking client may
+        be closed by another thread while this one sleeps in a semaphore living there, and
+        unmapping under it would crash the process."""
+        with self._users_lock:
+            if self._closed:
+                raise IpcError(errno.EBADF, f"{self.service}: connection closed")
+            self._users += 1
+
+    def _leave_mappings(self) -> None:
+        with self._users_lock:
+            self._users -= 1
+            if not self._users:
+                self._users_gone.notify_all()
+
     def _flow_control(self) -> int:
         if self.conn_type == IpcType.SHM:
             return self._rings[0].flow_control
@@ -848,14 +870,17 @@ class IpcClient:
         if 0 < fc <= fc_enable_max:
             raise IpcError(errno.EAGAIN, f"{self.service}: flow control on")
         if self.conn_type == IpcType.SHM:
-            ring = self._rings[0]
-            if ring.ref_count != 2:
-                raise IpcError(errno.ENOTCONN, f"{self.service}: server released the rings")
+            self._use_mappings()
             try:
+                ring = self._rings[0]
+                if ring.ref_count != 2:
+                    raise IpcError(errno.ENOTCONN, f"{self.service}: server released the rings")
                 if not ring.write(message):
                     raise IpcError(errno.EAGAIN, f"{self.service}: request ring full")
             except RingError as exc:
                 raise IpcError(errno.EBADMSG, f"{self.service}: {exc}") from None
+            finally:
+                self._leave_mappings()
             # chunk + sem_post strictly before the byte (§3.5)
             self._unsent_notifications += 1
         else:
@@ -891,12 +916,17 @@ class IpcClient:
             slice_ = _LIVENESS_SLICE if left is None else min(left, _LIVENESS_SLICE)
             if self.conn_type == IpcType.SHM:
                 waiter = self._response_waiter
+                self._use_mappings()
                 try:
                     got = (waiter.take_blocking(slice_) if waiter is not None
                            else self._rings[1].sem.wait(slice_))
+                    if got and self._closed:     # close() woke us from another thread
+                        raise IpcError(errno.ENOTCONN, f"{self.service}: connection closed")
                     raw = self._rings[1].read_taken(self.max_msg_size) if got else None
                 except RingError as exc:
                     raise IpcError(errno.EBADMSG, f"{self.service}: {exc}") from None
+                finally:
+                    self._leave_mappings()
             else:
                 assert self._req_sock is not None
                 raw = self._recv_dgram(self._req_sock, slice_)
@@ -980,11 +1010,19 @@ class IpcClient:
         p.register(self._setup, select.POLLIN)
         if not p.poll(int(timeout * 1000)):
             return None
+        if self._closed:                         # close() from another thread woke poll()
+            raise IpcError(errno.ENOTCONN, f"{self.service}: connection closed")
+        self._use_mappings()
         try:
             # the byte follows the chunk and its sem_post: the count is normally there already
-            raw = self._rings[2].read(self.max_msg_size, _LIVENESS_SLICE)
+            got = self._rings[2].sem.wait(_LIVENESS_SLICE)
+            if got and self._closed:             # close() woke us from another thread
+                raise IpcError(errno.ENOTCONN, f"{self.service}: connection closed")
+            raw = self._rings[2].read_taken(self.max_msg_size) if got else None
         except RingError as exc:
             raise IpcError(errno.EBADMSG, f"{self.service}: {exc}") from None
+        finally:
+            self._leave_mappings()
         if raw is None:
             # POLLIN without a chunk: EOF (server gone) or a stray byte
             try:
@@ -1016,6 +1054,20 @@ class IpcClient:
         for hook in self._close_hooks:
             unmap = hook() and unmap
         self._close_hooks.clear()
+        with self._users_lock:
+            busy = self._users
+        if busy:
+            # threads asleep in the response/event semaphores: wake them (they see _closed
+            # and leave without reading), wait until they are out of the mappings
+            for ring in self._rings[1:]:
+                for _ in range(busy):
+                    try:
+                        ring.sem.post()
+                    except OSError:
+                        break
+            with self._users_lock:
+                if not self._users_gone.wait_for(lambda: self._users == 0, _WAITER_JOIN):
+                    unmap = False
         try:
             self._setup.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -1061,8 +1113,6 @@ def _unpack_or_raise(service: str, raw: bytes) -> tuple[int, int, bytes]:
         raise IpcError(errno.EBADMSG, f"{service}: {exc}") from None
 
 
-_WAITER_LINGER: Final = 5.0     # an idle response-waiter thread exits after this long
-_WAITER_JOIN: Final = 2.0       # close() waits this long for it to leave the semaphore
 
 
 class _ShmResponseWaiter:

@@ -24,7 +24,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from corosync.lib.ipc import AsyncIpcClient, CsError, IpcError, IpcType, pack_request
+from corosync.lib.ipc import (AsyncIpcClient, CsError, IpcClient, IpcError, IpcType,
+                              pack_request)
 
 from ipc_helpers import Service, start_server, wait_until
 
@@ -367,4 +368,44 @@ async def test_random_cancellations_never_mix_up_responses(ipc_type: str) -> Non
                     completed += 1
             assert 0 < completed < 400
             assert await c.request(1, b"end", timeout=5) == (101, CsError.OK, b"end")
+        n.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("wait", ["response", "event"])
+async def test_blocking_client_closed_from_another_thread(wait: str) -> None:
+    """The blocking client sleeps in a semaphore inside the shared mapping: close() from
+    another thread wakes it (ENOTCONN) and unmaps only once it is out — unmapping under it
+    would crash the process a moment later.  A blocked event wait (poll on the setup
+    socket) is released at once too."""
+    svc = Service()
+    async with trio.open_nursery() as n:
+        srv = await start_server(n, svc, ipc_type="shm")
+        c = await trio.to_thread.run_sync(lambda: IpcClient.connect(srv.service))
+        outcome: list[BaseException | object] = []
+        calling = threading.Event()
+
+        def blocked() -> None:
+            calling.set()
+            try:
+                outcome.append(c.request(4, b"") if wait == "response" else c.recv_event(None))
+            except IpcError as exc:
+                outcome.append(exc)
+
+        thread = threading.Thread(target=blocked, name="test-blocked")
+        thread.start()
+        if wait == "response":
+            await wait_until(lambda: any(m == 4 for _, m in svc.requests))
+            await wait_until(lambda: c._users == 1)
+        else:
+            await wait_until(calling.is_set)
+        started = time.monotonic()
+        await trio.to_thread.run_sync(c.close)
+        if wait == "response":
+            await expect_closed(outcome, started)
+        else:   # closed before or while it waits: either way an error, within a slice
+            await wait_until(lambda: bool(outcome), timeout=2)
+            assert isinstance(outcome[0], IpcError)
+            assert outcome[0].errno in (errno.ENOTCONN, errno.EBADF)
+        await trio.to_thread.run_sync(thread.join, 5)
+        assert not thread.is_alive() and c._users == 0
         n.cancel_scope.cancel()
