@@ -670,9 +670,9 @@ class IpcClient:
         #: run first by close(); each returns False if the SHM mappings must stay mapped
         #: (a helper thread could still be blocked in a semaphore living there)
         self._close_hooks: list[Callable[[], bool]] = []
-        #: threads inside the SHM mappings right now; close() from another thread wakes
-        #: them (posts the semaphores) and waits for them before unmapping
-        self._users = 0
+        #: threads inside the SHM mappings right now (their idents); close() from another
+        #: thread wakes them (posts the semaphores) and waits for them before unmapping
+        self._users: list[int] = []
         self._users_lock = threading.Lock()
         self._users_gone = threading.Condition(self._users_lock)
         #: set by AsyncIpcClient: while its helper thread runs, SHM response counts go
@@ -827,11 +827,11 @@ class IpcClient:
         with self._users_lock:
             if self._closed:
                 raise IpcError(errno.EBADF, f"{self.service}: connection closed")
-            self._users += 1
+            self._users.append(threading.get_ident())
 
     def _leave_mappings(self) -> None:
         with self._users_lock:
-            self._users -= 1
+            self._users.remove(threading.get_ident())
             if not self._users:
                 self._users_gone.notify_all()
 
@@ -1055,8 +1055,11 @@ class IpcClient:
             unmap = hook() and unmap
         self._close_hooks.clear()
         with self._users_lock:
-            busy = self._users
-        if busy:
+            busy = len(self._users)
+            own = threading.get_ident() in self._users   # e.g. a signal handler's close()
+        if own:
+            unmap = False        # our own interrupted frame still uses them: leave mapped
+        elif busy:
             # threads asleep in the response/event semaphores: wake them (they see _closed
             # and leave without reading), wait until they are out of the mappings
             for ring in self._rings[1:]:
@@ -1066,7 +1069,7 @@ class IpcClient:
                     except OSError:
                         break
             with self._users_lock:
-                if not self._users_gone.wait_for(lambda: self._users == 0, _WAITER_JOIN):
+                if not self._users_gone.wait_for(lambda: not self._users, _WAITER_JOIN):
                     unmap = False
         try:
             self._setup.shutdown(socket.SHUT_RDWR)
@@ -1111,8 +1114,6 @@ def _unpack_or_raise(service: str, raw: bytes) -> tuple[int, int, bytes]:
         return unpack_response(raw)
     except ValueError as exc:
         raise IpcError(errno.EBADMSG, f"{service}: {exc}") from None
-
-
 
 
 class _ShmResponseWaiter:

@@ -395,7 +395,7 @@ async def test_blocking_client_closed_from_another_thread(wait: str) -> None:
         thread.start()
         if wait == "response":
             await wait_until(lambda: any(m == 4 for _, m in svc.requests))
-            await wait_until(lambda: c._users == 1)
+            await wait_until(lambda: len(c._users) == 1)
         else:
             await wait_until(calling.is_set)
         started = time.monotonic()
@@ -407,5 +407,5 @@ async def test_blocking_client_closed_from_another_thread(wait: str) -> None:
             assert isinstance(outcome[0], IpcError)
             assert outcome[0].errno in (errno.ENOTCONN, errno.EBADF)
         await trio.to_thread.run_sync(thread.join, 5)
-        assert not thread.is_alive() and c._users == 0
+        assert not thread.is_alive() and not c._users
         n.cancel_scope.cancel()
