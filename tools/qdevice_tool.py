@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from corosync.exec.qnetd.cli_common import (EXIT_CANT_CONNECT, EXIT_OK, Getopt, GetoptError,
+from corosync.exec.qnetd.cli_common import (EXIT_CANT_CONNECT, Getopt, GetoptError,
                                             IpcConnectError, invocation_name, ipc_exchange,
                                             print_ipc_reply, strerror)
 
