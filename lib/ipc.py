@@ -1326,6 +1326,7 @@ class AsyncIpcClient:
         self.client = client
         self._waiter: _ShmResponseWaiter | None = None
         self._request_lock: Any = None      # a trio.Lock, made on first use
+        self._token: Any = None             # the trio run using us (for close() elsewhere)
         client._close_hooks.append(self._on_close)
 
     @classmethod
@@ -1351,6 +1352,8 @@ class AsyncIpcClient:
         import trio
 
         await trio.lowlevel.checkpoint_if_cancelled()
+        if self._token is None:
+            self._token = trio.lowlevel.current_trio_token()
         self.client._commit(message, fc_enable_max)
         if self.client.conn_type == IpcType.SHM:
             await self._flush_notifications()
@@ -1368,6 +1371,7 @@ class AsyncIpcClient:
 
         if self._request_lock is None:
             self._request_lock = trio.Lock()
+            self._token = trio.lowlevel.current_trio_token()
         if timeout is None or timeout < 0:
             return await self._locked_exchange(message)
         with trio.move_on_after(timeout):
@@ -1456,6 +1460,8 @@ class AsyncIpcClient:
         import trio
 
         c = self.client
+        if self._token is None:
+            self._token = trio.lowlevel.current_trio_token()
         forever = timeout is None or timeout < 0
         with trio.move_on_after(math.inf if forever else timeout):
             while True:
@@ -1506,16 +1512,44 @@ class AsyncIpcClient:
         """The wrapped client is closing: wake every task waiting on it, get the helper
         thread out of the shared mapping (False if it would not leave)."""
         safe = self._waiter.stop() if self._waiter is not None else True
-        c = self.client
-        try:
-            import trio
-
-            for sock in (c._setup, c._req_sock, c._evt_sock):
-                if sock is not None and sock.fileno() >= 0:
-                    trio.lowlevel.notify_closing(sock)
-        except RuntimeError:
-            pass        # not in trio's thread: no task of this run can be waiting on them
+        self._notify_closing()
         return safe
+
+    def _notify_closing(self) -> None:
+        """trio.lowlevel.notify_closing for the sockets tasks may wait on, before they are
+        closed.  From another thread (close() in a worker), it runs in trio's thread and is
+        awaited briefly: trio must never be left watching a closed descriptor."""
+        import trio
+
+        c = self.client
+        socks = [s for s in (c._setup, c._req_sock, c._evt_sock)
+                 if s is not None and s.fileno() >= 0]
+
+        def notify() -> None:
+            for sock in socks:
+                trio.lowlevel.notify_closing(sock)
+
+        try:
+            notify()
+            return
+        except RuntimeError:
+            pass                     # not in trio's thread
+        token = self._token
+        if token is None:
+            return                   # never used from trio: nobody can be waiting
+        done = threading.Event()
+
+        def in_trio() -> None:
+            try:
+                notify()
+            finally:
+                done.set()
+
+        try:
+            token.run_sync_soon(in_trio)
+        except trio.RunFinishedError:
+            return
+        done.wait(_WAITER_JOIN)
 
     def close(self) -> None:
         """Disconnect; tasks waiting on this client raise IpcError ENOTCONN at once."""

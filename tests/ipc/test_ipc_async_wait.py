@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -408,4 +409,34 @@ async def test_blocking_client_closed_from_another_thread(wait: str) -> None:
             assert outcome[0].errno in (errno.ENOTCONN, errno.EBADF)
         await trio.to_thread.run_sync(thread.join, 5)
         assert not thread.is_alive() and not c._users
+        n.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("ipc_type", TYPES)
+async def test_close_from_a_worker_thread_wakes_trio_tasks(ipc_type: str) -> None:
+    """close() called in another thread (e.g. a to_thread worker): the trio tasks waiting
+    for a response and for events are woken through trio's thread, before the descriptors
+    close."""
+    svc = Service()
+    async with trio.open_nursery() as n:
+        srv = await start_server(n, svc, ipc_type=ipc_type)
+        c = await AsyncIpcClient.connect(srv.service)
+        responses: list[BaseException | object] = []
+        events: list[BaseException | object] = []
+
+        async def call(out: list[BaseException | object], coro_fn: Any) -> None:
+            try:
+                out.append(await coro_fn())
+            except IpcError as exc:
+                out.append(exc)
+
+        n.start_soon(call, responses, lambda: c.request(4, b""))
+        n.start_soon(call, events, lambda: c.recv_event(None))
+        await wait_until(lambda: any(m == 4 for _, m in svc.requests))
+        await trio.sleep(0)
+        started = time.monotonic()
+        await trio.to_thread.run_sync(c.close)
+        await expect_closed(responses, started)
+        await expect_closed(events, started)
+        assert not helper_threads()
         n.cancel_scope.cancel()
