@@ -2,12 +2,14 @@
 
 SHM responses have no fd (spec/ipc-wire.md §3.5): a helper thread per connection waits in the
 response semaphore for a parked task.  These tests check what that design must guarantee:
-many sequential calls work (in-process server and a server in another process), a call
-cancelled or timed out while its request is in flight never hands its response to the next
-call, close() — of the wrapper or of the wrapped IpcClient, from another task — fails every
-waiting task at once with the lost-connection error (ENOTCONN), a server that goes away is
-noticed, and nothing leaks (threads, fds) after many calls and a close.
-"""
+many sequential calls work (in-process server and a server in another process); a waiting
+call is parked, not re-run; a call cancelled or timed out while its request is in flight
+never hands its response to the next call (also under random cancellation points); close()
+— of the wrapper or of the wrapped IpcClient, from another task or another thread — fails
+every waiting task at once with the lost-connection error (ENOTCONN); a server that goes
+away is noticed; a burst of sends without response does not block the loop; the blocking
+client closed from another thread does not unmap the rings under its sleeper (that was a
+segfault); nothing leaks (threads, fds) after many calls and a close."""
 
 from __future__ import annotations
 
