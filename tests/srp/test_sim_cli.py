@@ -38,7 +38,7 @@ def test_replay_is_deterministic(capsys):
 
 
 @pytest.mark.parametrize("args", [["--nodes", "0"], ["--nodes", "33"], ["--faults", "-1"],
-                                  ["--token", "10"]])
+                                  ["--token", "10"], ["--send-join", "-1"]])
 def test_bad_arguments_exit_2(args, capsys):
     assert main(args) == 2
     assert "corosync-sim:" in capsys.readouterr().err
@@ -73,3 +73,16 @@ def test_explicit_schedule_replays_and_bad_ones_are_refused(capsys):
                 '[{"kind":"pause","at":"x","duration":5,"node":1}]'):
         assert main(["--nodes", "3", "--schedule", bad]) == 2
         assert "--schedule" in capsys.readouterr().err
+
+
+def test_send_join_and_pauses_show_in_the_replay(capsys):
+    sched = '[{"kind":"pause","at":1600,"duration":1500,"node":2}]'
+    args = ["--nodes", "3", "--seed", "2", "--send-join", "30", "--duration", "1500",
+            "--schedule", sched, "--replay", "--no-shrink"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert re.search(r" n2 \[TOTEM\] Process pause detected for 1[45]\d\d ms, flushing "
+                     r"membership messages\.", out)
+    assert " timer SEND_JOIN" in out
+    assert re.fullmatch(r"3 nodes, 1 faults, \d+ messages delivered, 0 violations",
+                        out.splitlines()[-1])
