@@ -21,13 +21,17 @@ from corosync.exec.transport import make_transport
 IPS = ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
 
 
-def build(tmp_path, port):
+def build(tmp_path, port, token=300):
+    """Three nodes in one process.  ``token``: the ordering test asserts that no
+    reconfiguration happens under load, so it gives the ring a token timeout that a busy
+    test machine (one loop running three nodes) cannot miss."""
     nodes = []
     members = [(i + 1, ip) for i, ip in enumerate(IPS)]
     for nodeid, ip in members:
         d = tmp_path / f"n{nodeid}"
         (d / "state").mkdir(parents=True)  # main.py creates it for the daemon
-        text = node_config(nodeid=nodeid, nodes=members, port=port, directory=d)
+        text = node_config(nodeid=nodeid, nodes=members, port=port, directory=d,
+                           token=token)
         cfg = load_config(str(d / "corosync.conf"), text=text, local_addrs=[ip])
         log = CorosyncLog(stderr=io.StringIO())
         log.configure(cfg.logging)
@@ -46,7 +50,7 @@ async def wait(predicate, timeout=10.0):
 
 async def test_three_drivers_deliver_identical_order(tmp_path):
     port = pick_port(IPS)
-    nodes = build(tmp_path, port)
+    nodes = build(tmp_path, port, token=3000)
     got: dict[int, list[tuple[int, bytes]]] = {n.nodeid: [] for n in nodes}
     for n in nodes:
         n.deliver_handlers.append(lambda d, nid=n.nodeid: got[nid].append((d.sender, d.message)))
