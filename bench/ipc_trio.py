@@ -10,7 +10,13 @@ daemon runs alone in fresh network + mount namespaces (tests/realcorosync.py, as
 start them); the client side (``--client``) runs inside them via nsenter.  All modes of one
 daemon are measured in the same client process, interleaved over several rounds; the best
 round of each is reported, with trio/blocking ratios.  Not a test: numbers depend on the
-machine.
+machine (and its load: run it on a quiet one).
+
+Reading the numbers: Debian's corosync runs with real-time scheduling (SCHED_RR) and has
+usually committed the response before the client first looks, so every mode mostly finds it
+at once and the old poll wait is not slower there; against a daemon that answers later (ours,
+or any busy one) the old wait sleeps (trio/epoll timers have millisecond granularity), which
+is what the ``ipc-trio-poll`` rate for ours shows.
 
 Modes (each one votequorum GETINFO request + response per round trip):
 
