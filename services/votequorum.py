@@ -347,7 +347,7 @@ class VotequorumService(Service):
     def _quorum_ev(self, context: int) -> vp.QuorumNotification:
         vq = self.vq
         assert vq is not None
-        nodes = [(n.nodeid, int(n.state)) for n in vq.sorted_nodes()]
+        nodes = [(n.nodeid, int(n.state)) for n in vq.listed_nodes()]
         if vq.us.flags & NodeFlag.QDEVICE_REGISTERED:
             nodes.append((QDEVICE_NODEID, int(vq.qdevice.state)))
         return vp.QuorumNotification(vq.quorate, context, tuple(nodes))

@@ -267,6 +267,8 @@ class VoteQuorum:
         self.qdevice = Node(QDEVICE_NODEID, NodeState.DEAD, config.qdevice_votes)
         self.us = Node(nodeid, NodeState.MEMBER, config.votes, 0, NodeFlag.FIRST)
         self.nodes: dict[int, Node] = {nodeid: self.us}
+        #: node ids in corosync's list order (see :meth:`listed_nodes`)
+        self.order: list[int] = [nodeid]
         self.quorum = 0
         self.quorate = False
         self.wfa_status = False
@@ -301,8 +303,28 @@ class VoteQuorum:
         return [n for n in self.nodes.values() if n.state == NodeState.MEMBER]
 
     def sorted_nodes(self) -> list[Node]:
-        """All known nodes ascending by id (corosync keeps its list ordered)."""
+        """All known nodes ascending by id."""
         return [self.nodes[k] for k in sorted(self.nodes)]
+
+    def listed_nodes(self) -> list[Node]:
+        """All known nodes in the order corosync's QUORUM notification lists them.
+
+        corosync 3.1.7 means to keep its node list sorted, but a node whose id is above
+        every listed one goes in *before the last entry* instead of after it (its ordered
+        insert falls off the end of the scan holding the last node).  So the order depends
+        on which NODEINFO arrived first: node 1 that learnt of 2 then 3 lists 2, 3, 1
+        (Debian's lms capture).  A quorum device forwards this list to qnetd, so we keep
+        the same order to be indistinguishable."""
+        return [self.nodes[k] for k in self.order]
+
+    def _list_insert(self, nodeid: int) -> None:
+        """Insert a newly known node id into :attr:`order` with corosync's rule."""
+        order = self.order
+        for i, other in enumerate(order):
+            if nodeid < other:
+                order.insert(i, nodeid)
+                return
+        order.insert(max(len(order) - 1, 0), nodeid)
 
     def qdevice_counts(self) -> bool:
         return bool(self.us.flags & NodeFlag.QDEVICE_CAST_VOTE)
@@ -424,6 +446,7 @@ class VoteQuorum:
         new = node is None
         if node is None:
             node = self.nodes[nodeid] = Node(nodeid)
+            self._list_insert(nodeid)
         old = (node.votes, node.expected_votes, node.flags, node.state)
         node.flags = NodeFlag(flags)
         node.votes = votes

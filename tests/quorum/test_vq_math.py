@@ -309,3 +309,22 @@ def test_read_config_atb_odd_without_wfa_is_disabled():
     assert c.atb == Atb.NONE and c.warnings
     c = _cfg({"quorum.auto_tie_breaker": 1, "quorum.wait_for_all": 1})
     assert c.atb == Atb.LOWEST
+
+
+@pytest.mark.parametrize("me, arrivals, listed", [
+    # Debian's lms 3-node capture: node 1 learnt of 2 then 3, node 2 of 1 then 3
+    (1, (2, 3), (2, 3, 1)),
+    (2, (1, 3), (1, 3, 2)),
+    (3, (1, 2), (1, 2, 3)),
+    # a new node below every listed one goes first; above every one, before the last
+    (3, (2, 1, 4), (1, 2, 4, 3)),
+    (1, (5, 3, 2), (2, 3, 5, 1)),
+])
+def test_quorum_notification_lists_nodes_in_corosyncs_order(me, arrivals, listed):
+    """corosync's ordered insert puts a node above every listed one before the last entry;
+    the QUORUM notification (and so a qdevice's list sent to qnetd) follows that order."""
+    q = VoteQuorum(me, VqConfig(expected_votes=5))
+    for nodeid in arrivals:
+        assert q.on_nodeinfo(nodeid, nodeid, 1, 5, 0)
+    assert tuple(n.nodeid for n in q.listed_nodes()) == listed
+    assert tuple(n.nodeid for n in q.sorted_nodes()) == tuple(sorted(listed))
