@@ -1126,11 +1126,11 @@ class _ShmResponseWaiter:
     and one thread per connection sits in ``sem_clockwait`` for it (GIL released), handing
     the count over with ``run_sync_soon`` → ``reschedule``.
 
-    The thread is only involved when the response is not already there: :meth:`take` first
-    tries the semaphore itself (a real-time corosync often answers before the requester
-    gets that far), and the thread waits in the semaphore only while a task is parked —
-    an idle thread never competes for counts, so the blocking API may still be used on the
-    connection.  Idle, it lingers :data:`_WAITER_LINGER` on a condition (so back-to-back
+    The thread is only involved when the response is not already there: :meth:`take` makes
+    its schedule point first and then tries the semaphore itself (corosync, a C daemon, has
+    usually answered by then), and the thread waits in the semaphore only while a task is
+    parked — an idle thread never competes for counts, so the blocking API may still be
+    used on the connection.  Idle, it lingers :data:`_WAITER_LINGER` on a condition (so back-to-back
     calls do not pay for thread starts), then exits; the next wait restarts it.
 
     Counting instead of handing over results keeps cancellation simple: a count is one
@@ -1173,6 +1173,9 @@ class _ShmResponseWaiter:
         the server is gone or the client closed meanwhile."""
         import trio
 
+        # the schedule point comes first: the server works while other tasks run, and a
+        # response found afterwards needs no hand-off (nor a second schedule point)
+        await trio.lowlevel.checkpoint()
         with self._lock:
             ready = self._take_nowait()
             if not ready:
@@ -1187,8 +1190,6 @@ class _ShmResponseWaiter:
                 else:
                     self._work.notify()
         if ready:
-            # still a schedule point, but one that cannot lose the count we hold
-            await trio.lowlevel.cancel_shielded_checkpoint()
             return
 
         def abort(_raise_cancel: object) -> Any:
