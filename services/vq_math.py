@@ -38,6 +38,9 @@ QDEVICE_NODEID = 0
 
 
 class NodeState(enum.IntEnum):
+    #: never assigned: corosync's quorum-device node entry is zeroed at start and its state
+    #: never set, so QUORUM notifications list the device (node 0) with state 0
+    NONE = 0
     MEMBER = 1
     DEAD = 2
     LEAVING = 3
@@ -264,7 +267,7 @@ class VoteQuorum:
         self.wait_for_all = config.wait_for_all
         self.last_man_standing = config.last_man_standing
         self.atb = config.atb
-        self.qdevice = Node(QDEVICE_NODEID, NodeState.DEAD, config.qdevice_votes)
+        self.qdevice = Node(QDEVICE_NODEID, NodeState.NONE, config.qdevice_votes)
         self.us = Node(nodeid, NodeState.MEMBER, config.votes, 0, NodeFlag.FIRST)
         self.nodes: dict[int, Node] = {nodeid: self.us}
         #: node ids in corosync's list order (see :meth:`listed_nodes`)

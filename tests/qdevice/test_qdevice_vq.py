@@ -32,9 +32,9 @@ def test_notifications_decode_to_qdevice_events():
     nl = vp.NodelistNotification(0, 1, 0x4FC, (1, 2)).encode()
     assert vq.decode_event(vp.EV_NODELIST_NOTIFICATION, nl) == \
         vq.NodelistEvent(RingId(1, 0x4FC), (1, 2))
-    qn = vp.QuorumNotification(True, 0, ((1, 1), (2, 2), (0, 2))).encode()
+    qn = vp.QuorumNotification(True, 0, ((1, 1), (2, 2), (0, 0))).encode()
     assert vq.decode_event(vp.EV_QUORUM_NOTIFICATION, qn) == \
-        vq.QuorumEvent(True, ((1, 1), (2, 2), (0, 2)))
+        vq.QuorumEvent(True, ((1, 1), (2, 2), (0, 0)))
     ev = vp.ExpectedVotesNotification(0, 3).encode()
     assert vq.decode_event(vp.EV_EXPECTEDVOTES_NOTIFICATION, ev) == vq.ExpectedVotesEvent(3)
     assert vq.decode_event(99, ev) is None
