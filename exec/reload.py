@@ -63,14 +63,12 @@ from typing import Any, Callable, Protocol
 import attrs
 from attrs import define, field
 
+from ..lib.ipc import CsError
 from .cmap import CmapType
 from .config.errors import ConfigError
 from .totem.config import TotemConfig
 from .totem.events import LogLevel
 
-#: cs_error_t values used here (corosync.lib.ipc.CsError: OK=1, INVALID_PARAM=7)
-CS_OK = 1
-CS_ERR_INVALID_PARAM = 7
 
 KEY_RELOAD = "config.reload_in_progress"
 KEY_TOTEM_RELOAD = "config.totemconfig_reload_in_progress"
@@ -291,7 +289,7 @@ def _set_flag(cmap: Any, key: str, value: int) -> None:
 
 
 def _finish(cmap: Any, status: int) -> None:
-    cmap.set(KEY_STATUS, status, CmapType.INT32)
+    cmap.set(KEY_STATUS, int(status), CmapType.INT32)
     _set_flag(cmap, KEY_TOTEM_RELOAD, 0)
     _set_flag(cmap, KEY_RELOAD, 0)
 
@@ -340,12 +338,12 @@ def reload_config(old: Any, read: Callable[[], Any], cmap: Any, targets: ReloadT
     except ConfigError as exc:
         if is_parse_error(exc):
             log(LogLevel.ERROR, "CFG", f"Unable to reload config file: {exc}")
-            return ReloadResult(CS_ERR_INVALID_PARAM)
+            return ReloadResult(CsError.ERR_INVALID_PARAM)
         return _invalid(cmap, log, ReloadInvalid("Configuration is not valid",
                                                  f"parse error in config: {exc}"))
     except Exception as exc:  # a loader bug: refuse the reload, never crash the node
         log(LogLevel.ERROR, "CFG", f"Unable to reload config file: {exc!r}")
-        return ReloadResult(CS_ERR_INVALID_PARAM)
+        return ReloadResult(CsError.ERR_INVALID_PARAM)
     try:
         plan = plan_reload(old, new, cmap, live_totem)
     except ReloadInvalid as exc:
@@ -359,10 +357,10 @@ def reload_config(old: Any, read: Callable[[], Any], cmap: Any, targets: ReloadT
     except Exception as exc:  # a bug must not leave the flags up
         log(LogLevel.ERROR, "CFG", f"Error making new config live. cmap database may be "
                                    f"inconsistent: {exc!r}")
-        _finish(cmap, CS_ERR_INVALID_PARAM)
-        return ReloadResult(CS_ERR_INVALID_PARAM)
-    _finish(cmap, CS_OK)
-    return ReloadResult(CS_OK, new, plan)
+        _finish(cmap, CsError.ERR_INVALID_PARAM)
+        return ReloadResult(CsError.ERR_INVALID_PARAM)
+    _finish(cmap, CsError.OK)
+    return ReloadResult(CsError.OK, new, plan)
 
 
 def _invalid(cmap: Any, log: LogFn, exc: ReloadInvalid) -> ReloadResult:
@@ -373,8 +371,8 @@ def _invalid(cmap: Any, log: LogFn, exc: ReloadInvalid) -> ReloadResult:
         log(LogLevel.ERROR, "TOTEM", line)
     log(LogLevel.ERROR, "CFG", f"{exc.prefix}: {exc}")
     _set_flag(cmap, KEY_RELOAD, 1)
-    _finish(cmap, CS_ERR_INVALID_PARAM)
-    return ReloadResult(CS_ERR_INVALID_PARAM)
+    _finish(cmap, CsError.ERR_INVALID_PARAM)
+    return ReloadResult(CsError.ERR_INVALID_PARAM)
 
 
 # ---------------------------------------------------------------------------------------

@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 from corosync.exec.cmap import CmapStore, CmapType, Track
+from corosync.lib.ipc import CsError
 from corosync.exec.config import load_config
-from corosync.exec.reload import (CS_ERR_INVALID_PARAM, CS_OK, KEY_RELOAD, KEY_STATUS,
+from corosync.exec.reload import (KEY_RELOAD, KEY_STATUS,
                                   KEY_TOTEM_RELOAD, ReloadInvalid, is_fixed_key, plan_reload,
                                   read_new_config, reload_config)
 from corosync.exec.totem.events import LogLevel
@@ -82,14 +83,14 @@ class Run:
         return [t for _, _, t in self.logs]
 
 
-FLAGS_OK = [(KEY_TOTEM_RELOAD, 1), (KEY_RELOAD, 1), (KEY_STATUS, CS_OK),
+FLAGS_OK = [(KEY_TOTEM_RELOAD, 1), (KEY_RELOAD, 1), (KEY_STATUS, CsError.OK),
             (KEY_TOTEM_RELOAD, 0), (KEY_RELOAD, 0)]
 
 
 def test_unchanged_file_touches_nothing_but_the_flags_and_derived_keys():
     r = Run(conf())
     before = r.cmap.dump()
-    assert r.reload(conf()).status == CS_OK
+    assert r.reload(conf()).status == CsError.OK
     assert r.events == FLAGS_OK
     after = "".join(line + "\n" for line in r.cmap.dump().splitlines()
                     if not line.startswith("config."))
@@ -108,7 +109,7 @@ def test_unchanged_file_touches_nothing_but_the_flags_and_derived_keys():
 ])
 def test_reloadable_keys_are_added_or_changed(key, old_text, new_text, want):
     r = Run(old_text)
-    assert r.reload(new_text).status == CS_OK
+    assert r.reload(new_text).status == CsError.OK
     entry = r.cmap.get_entry(key)
     assert (entry.value, entry.type) == want
     assert not any("cannot be changed" in t for t in r.texts())
@@ -116,7 +117,7 @@ def test_reloadable_keys_are_added_or_changed(key, old_text, new_text, want):
 
 def test_key_removed_from_the_file_is_deleted():
     r = Run(conf(logging=" debug: on", quorum=" expected_votes: 3"))
-    assert r.reload(conf()).status == CS_OK
+    assert r.reload(conf()).status == CsError.OK
     assert "logging.debug" not in r.cmap and "quorum.expected_votes" not in r.cmap
     assert r.cmap.get("quorum.provider") == "corosync_votequorum"
 
@@ -130,7 +131,7 @@ def test_key_removed_from_the_file_is_deleted():
 def test_run_time_fixed_keys_are_refused_and_logged(key, new_text):
     r = Run(conf())
     before = r.cmap.get(key, None)
-    assert r.reload(new_text).status == CS_OK
+    assert r.reload(new_text).status == CsError.OK
     assert r.cmap.get(key, None) == before
     assert (LogLevel.NOTICE, "CFG",
             f"Modified entry '{key}' in corosync.conf cannot be changed at run-time") in r.logs
@@ -139,7 +140,7 @@ def test_run_time_fixed_keys_are_refused_and_logged(key, new_text):
 def test_removing_a_fixed_key_is_refused_too():
     r = Run(conf(cluster="keep"))
     text = conf().replace(" cluster_name: c1\n", "")
-    assert r.reload(text).status == CS_OK
+    assert r.reload(text).status == CsError.OK
     assert r.cmap.get("totem.cluster_name") == "keep"
     assert "Modified entry 'totem.cluster_name' in corosync.conf cannot be changed at " \
            "run-time" in r.texts()
@@ -158,7 +159,7 @@ def test_derived_timers_follow_token_and_nodelist_size():
     r = Run(conf(token=1000, coefficient=650, nodes=(1, 2)))
     assert r.cmap.get("runtime.config.totem.token") == 1000
     result = r.reload(conf(token=2000, coefficient=650, nodes=(1, 2, 3, 4)))
-    assert result.status == CS_OK
+    assert result.status == CsError.OK
     token = 2000 + 2 * 650  # (N − 2) × token_coefficient
     cfg = result.plan.totem_config
     assert (cfg.token, cfg.consensus) == (token, int(1.2 * token))
@@ -186,7 +187,7 @@ def test_explicit_consensus_survives_and_netmtu_stays_live():
 
 def test_nodelist_add_and_remove():
     r = Run(conf(nodes=(1, 2, 3)))
-    assert r.reload(conf(nodes=(1, 2, 4, 5))).status == CS_OK
+    assert r.reload(conf(nodes=(1, 2, 4, 5))).status == CsError.OK
     assert [c for c in r.targets.calls if c[0] != "totem"] == [
         ("remove", 3, "10.0.0.3"), ("add", 4, "10.0.0.4"), ("add", 5, "10.0.0.5")]
     names = {k: e.value for k, e in r.cmap.iter_prefix("nodelist.node.")
@@ -200,14 +201,14 @@ def test_changed_address_of_a_known_node_fails_without_changes():
     before = r.cmap.dump()
     result = r.reload(conf(nodes=(1, 2), token=5000,
                            addr=lambda i: "10.0.0.9" if i == 2 else f"10.0.0.{i}"))
-    assert result.status == CS_ERR_INVALID_PARAM
+    assert result.status == CsError.ERR_INVALID_PARAM
     assert "new config has different address for link 0 (addr changed from 10.0.0.2 to " \
            "10.0.0.9). Internal value was NOT changed." in r.texts()
     assert any(t.startswith("Cannot configure new interface definitions: To reconfigure")
                for t in r.texts())
     assert r.targets.calls == []
     assert r.events == [(KEY_TOTEM_RELOAD, 1), (KEY_RELOAD, 1),
-                        (KEY_STATUS, CS_ERR_INVALID_PARAM), (KEY_TOTEM_RELOAD, 0),
+                        (KEY_STATUS, CsError.ERR_INVALID_PARAM), (KEY_TOTEM_RELOAD, 0),
                         (KEY_RELOAD, 0)]
     assert "".join(line + "\n" for line in r.cmap.dump().splitlines()
                    if not line.startswith("config.")) == before
@@ -216,11 +217,11 @@ def test_changed_address_of_a_known_node_fails_without_changes():
 def test_invalid_timers_are_a_validation_error():
     r = Run(conf())
     result = r.reload(conf(token=10))
-    assert result.status == CS_ERR_INVALID_PARAM
+    assert result.status == CsError.ERR_INVALID_PARAM
     assert any(t.startswith("Configuration is not valid: parse error in config: ")
                and "The token timeout parameter (10 ms) may not be less than (30 ms)." in t
                for t in r.texts())
-    assert r.cmap.get(KEY_STATUS) == CS_ERR_INVALID_PARAM
+    assert r.cmap.get(KEY_STATUS) == CsError.ERR_INVALID_PARAM
     assert r.cmap.get("totem.token") == 1000 and r.targets.calls == []
 
 
@@ -231,7 +232,7 @@ def test_parse_error_changes_nothing_at_all(tmp_path: Path):
     loader = functools.partial(load_config, local_addrs=LOCAL)
     result = reload_config(r.old, lambda: read_new_config(str(path), loader=loader), r.cmap,
                            r.targets, r.old.totem_config, r.log)
-    assert result.status == CS_ERR_INVALID_PARAM
+    assert result.status == CsError.ERR_INVALID_PARAM
     assert r.logs == [(LogLevel.ERROR, "CFG", f"Unable to reload config file: parser error: "
                                               f"{path}:{conf().count(chr(10)) + 1}: Missing "
                                               f"closing brace")]
@@ -243,7 +244,7 @@ def test_unreadable_file_is_a_parse_error(tmp_path: Path):
     missing = tmp_path / "gone.conf"
     result = reload_config(r.old, lambda: read_new_config(str(missing)), r.cmap, r.targets,
                            r.old.totem_config, r.log)
-    assert result.status == CS_ERR_INVALID_PARAM
+    assert result.status == CsError.ERR_INVALID_PARAM
     assert r.logs == [(LogLevel.ERROR, "CFG", f"Unable to reload config file: {missing}: "
                                               f"Can't read file {missing}: No such file or "
                                               f"directory")]
@@ -253,7 +254,7 @@ def test_unreadable_file_is_a_parse_error(tmp_path: Path):
 def test_logging_change_is_handed_to_the_logger():
     r = Run(conf())
     result = r.reload(conf(logging=" debug: on\n timestamp: on"))
-    assert result.status == CS_OK
+    assert result.status == CsError.OK
     (settings,) = [c[1] for c in r.targets.calls if c[0] == "logging"]
     assert settings.debug == "on" and settings.timestamp == "on"
 
@@ -263,7 +264,7 @@ def test_nodeid_of_this_node_cannot_change():
     text = conf(nodes=(1, 2)).replace(" nodeid: 1\n", " nodeid: 7\n")
     with pytest.raises(ReloadInvalid):
         plan_reload(r.old, load(text), r.cmap, r.old.totem_config)
-    assert r.reload(text).status == CS_ERR_INVALID_PARAM
+    assert r.reload(text).status == CsError.ERR_INVALID_PARAM
 
 
 def test_embedded_default_reloads_as_itself():
@@ -286,7 +287,7 @@ def test_udp_derived_interface_keys_go_like_on_a_real_node():
     r = Run(text)
     assert {"totem.interface.0.bindnetaddr", "totem.interface.0.mcastaddr",
             "totem.interface.0.mcastport"} <= set(r.cmap.keys("totem.interface.0."))
-    assert r.reload(text).status == CS_OK
+    assert r.reload(text).status == CsError.OK
     assert r.cmap.keys("totem.interface.") == []
     assert not any("cannot be changed" in t for t in r.texts())
 
@@ -298,7 +299,7 @@ def test_a_loader_bug_is_refused_not_raised():
         raise RuntimeError("boom")
 
     result = reload_config(r.old, broken, r.cmap, r.targets, r.old.totem_config, r.log)
-    assert result.status == CS_ERR_INVALID_PARAM
+    assert result.status == CsError.ERR_INVALID_PARAM
     assert r.logs == [(LogLevel.ERROR, "CFG", "Unable to reload config file: "
                                               "RuntimeError('boom')")]
     assert r.events == [] and r.targets.calls == []
