@@ -10,14 +10,9 @@ real 2-node cluster: the survivor of a SIGKILL went inquorate for 30 s).
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+from svc_sim import FakeConn, QCluster
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "quorum"))
-
-from qsim import FakeConn, QCluster  # noqa: E402
-
-from corosync.lib.proto import votequorum as vp  # noqa: E402
+from corosync.lib.proto import votequorum as vp
 
 
 class RecordingConn(FakeConn):

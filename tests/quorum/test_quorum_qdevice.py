@@ -5,7 +5,7 @@ unregister; the device's vote decides which half of a split stays quorate."""
 from __future__ import annotations
 
 import attrs
-from qsim import QCluster
+from svc_sim import QCluster
 
 from corosync.lib.proto import votequorum as vp
 
