@@ -1443,6 +1443,7 @@ class AsyncIpcClient:
 
         c = self.client
         assert c._req_sock is not None
+        await trio.lowlevel.checkpoint()     # a schedule point even when answered at once
         while True:
             raw = c.recv_response(0)
             if raw is not None:
@@ -1463,6 +1464,9 @@ class AsyncIpcClient:
         c = self.client
         if self._token is None:
             self._token = trio.lowlevel.current_trio_token()
+        # a schedule point even when an event is there: a flood must not starve other tasks
+        # nor make an enclosing cancel scope ineffective
+        await trio.lowlevel.checkpoint()
         forever = timeout is None or timeout < 0
         with trio.move_on_after(math.inf if forever else timeout):
             while True:

@@ -442,3 +442,24 @@ async def test_close_from_a_worker_thread_wakes_trio_tasks(ipc_type: str) -> Non
         await expect_closed(events, started)
         assert not helper_threads()
         n.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("ipc_type", TYPES)
+async def test_recv_event_is_a_schedule_point(ipc_type: str) -> None:
+    """Even with events queued, recv_event yields: an enclosing cancel scope takes effect
+    and no event is lost by it."""
+    svc = Service()
+    async with trio.open_nursery() as n:
+        srv = await start_server(n, svc, ipc_type=ipc_type)
+        async with await AsyncIpcClient.connect(srv.service) as c:
+            assert (await c.request(3, b"50:64", timeout=5))[2] == b"50"
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await c.recv_event(5)
+                pytest.fail("recv_event ignored a cancelled scope")
+            assert scope.cancelled_caught
+            for i in range(50):
+                ev = await c.recv_event(5)
+                assert ev is not None and int.from_bytes(ev[2][:4], "little") == i
+            assert await c.recv_event(0) is None
+        n.cancel_scope.cancel()
