@@ -630,6 +630,7 @@ def connection_directory_prefix(server_pid: int, client_pid: int, fd: int) -> st
 _LIVENESS_SLICE: Final = 0.2   # re-check the setup socket this often while waiting
 _WAITER_LINGER: Final = 5.0    # an idle trio response-waiter thread exits after this long
 _WAITER_JOIN: Final = 2.0      # close() waits this long for threads to leave the mappings
+_EVENT_YIELD_EVERY: Final = 16  # trio recv_event: a schedule point at least this often
 
 
 def _deadline(timeout: float | None) -> float | None:
@@ -1328,6 +1329,7 @@ class AsyncIpcClient:
         self._waiter: _ShmResponseWaiter | None = None
         self._request_lock: Any = None      # a trio.Lock, made on first use
         self._token: Any = None             # the trio run using us (for close() elsewhere)
+        self._events_unyielded = 0          # events returned since recv_event last yielded
         client._close_hooks.append(self._on_close)
 
     @classmethod
@@ -1464,9 +1466,14 @@ class AsyncIpcClient:
         c = self.client
         if self._token is None:
             self._token = trio.lowlevel.current_trio_token()
-        # a schedule point even when an event is there: a flood must not starve other tasks
-        # nor make an enclosing cancel scope ineffective
-        await trio.lowlevel.checkpoint()
+        # an enclosing cancel scope takes effect even while events keep coming, and a flood
+        # yields to other tasks every _EVENT_YIELD_EVERY events (a full schedule point per
+        # event would halve the rate at which queued events are read)
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self._events_unyielded += 1
+        if self._events_unyielded >= _EVENT_YIELD_EVERY:
+            self._events_unyielded = 0
+            await trio.lowlevel.cancel_shielded_checkpoint()
         forever = timeout is None or timeout < 0
         with trio.move_on_after(math.inf if forever else timeout):
             while True:
@@ -1476,6 +1483,7 @@ class AsyncIpcClient:
                     event = c.recv_event(0)
                 if event is not None:
                     return event
+                self._events_unyielded = 0
                 try:
                     if c.conn_type == IpcType.SHM:
                         # EOF and HUP make it readable too: no liveness slices needed

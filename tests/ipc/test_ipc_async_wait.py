@@ -446,20 +446,34 @@ async def test_close_from_a_worker_thread_wakes_trio_tasks(ipc_type: str) -> Non
 
 @pytest.mark.parametrize("ipc_type", TYPES)
 async def test_recv_event_is_a_schedule_point(ipc_type: str) -> None:
-    """Even with events queued, recv_event yields: an enclosing cancel scope takes effect
-    and no event is lost by it."""
+    """Even with events queued, recv_event honours an enclosing cancel scope (no event is
+    lost by it) and lets other tasks run every few events."""
     svc = Service()
     async with trio.open_nursery() as n:
         srv = await start_server(n, svc, ipc_type=ipc_type)
         async with await AsyncIpcClient.connect(srv.service) as c:
-            assert (await c.request(3, b"50:64", timeout=5))[2] == b"50"
+            assert (await c.request(3, b"200:64", timeout=5))[2] == b"200"
             with trio.CancelScope() as scope:
                 scope.cancel()
                 await c.recv_event(5)
                 pytest.fail("recv_event ignored a cancelled scope")
             assert scope.cancelled_caught
-            for i in range(50):
-                ev = await c.recv_event(5)
-                assert ev is not None and int.from_bytes(ev[2][:4], "little") == i
+            ticks = 0
+
+            async def ticker() -> None:
+                nonlocal ticks
+                while True:
+                    ticks += 1
+                    await trio.lowlevel.checkpoint()
+
+            async with trio.open_nursery() as inner:
+                inner.start_soon(ticker)
+                await trio.lowlevel.checkpoint()       # the ticker is running now
+                ticks = 0
+                for i in range(200):
+                    ev = await c.recv_event(5)
+                    assert ev is not None and int.from_bytes(ev[2][:4], "little") == i
+                inner.cancel_scope.cancel()
+            assert ticks >= 200 // 16 - 1, ticks
             assert await c.recv_event(0) is None
         n.cancel_scope.cancel()
