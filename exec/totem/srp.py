@@ -166,7 +166,8 @@ class Srp:
         if not 0 < nodeid <= U32:
             raise ValueError(f"nodeid {nodeid} out of range 1..{U32}")
         self.nodeid = nodeid
-        self.config = config
+        self._timer_actions: dict[tuple[TimerKind, int], StartTimer] = {}
+        self.config = config  # property: also derives the values below from it
         self.stats = SrpStats()
         #: The driver's random source; only ``totem.send_join`` delays draw from it.  The
         #: fallback is a generator seeded with the nodeid: deterministic, yet different
@@ -174,8 +175,6 @@ class Srp:
         self.rng: random.Random = rng if rng is not None else random.Random(nodeid)
         #: Process pauses detected so far (not a corosync counter, so not in ``stats``).
         self.pauses_detected = 0
-        #: config.send_queue_max is a computed property; queue_space() is on the hot path
-        self._queue_max = config.send_queue_max
         self.token_received_hook: Optional[Callable[[], None]] = None
         self.state = MembState.OPERATIONAL  # as corosync: start() moves to GATHER
         self._loaded_seq = ring_seq & U64
@@ -243,7 +242,6 @@ class Srp:
 
         # timers
         self._armed: set[TimerKind] = set()
-        self._timer_actions: dict[tuple[TimerKind, int], StartTimer] = {}
         self._last_token_rx: Optional[int] = None
         self._loss_armed_at = 0
         self._now = 0
@@ -252,8 +250,6 @@ class Srp:
         # keeps a running instance's inputs closer together than that (corosync's pause
         # timer: token / 5), and whether membership messages are being flushed
         self._alive_at = 0
-        self._pause_limit = config.token // 2
-        self._pause_period = max(config.token // 5, 1)
         self._flushing = False
         self._drop_logged: dict[str, int] = {}
         self._tok_rx_times: deque[int] = deque(maxlen=_TOKEN_STATS)
@@ -261,6 +257,31 @@ class Srp:
         self._backlog_sum = 0
 
     # ------------------------------------------------------------------ public API
+    @property
+    def config(self) -> TotemConfig:
+        """The Totem timers/constants in use.  A driver may replace it at run time
+        (config reload): armed timers keep their deadlines, the next ones use the new
+        values, exactly as when each use read the config afresh."""
+        return self._config
+
+    @config.setter
+    def config(self, config: TotemConfig) -> None:
+        self._config = config
+        # values derived once per config rather than on every token / input
+        self._queue_max = config.send_queue_max  # a computed property; hot in queue_space
+        token = config.token
+        self._pause_limit = token // 2  # corosync: a gap of more than token/2 is a pause
+        self._pause_period = max(token // 5, 1)  # corosync's pause timer period
+        warn = config.token_warning * token // 100
+        acts = [StartTimer(TimerKind.TOKEN_LOSS, token)]
+        if 0 < warn < token:
+            acts.append(StartTimer(TimerKind.TOKEN_WARNING, warn))
+        acts.append(StartTimer(TimerKind.TOKEN_RETRANSMIT, config.token_retransmit))
+        # what every processed token re-arms: token loss, token warning, retransmit
+        self._token_timer_acts = tuple(acts)
+        self._token_timer_kinds = frozenset(a.kind for a in acts)
+        self._timer_actions.clear()
+
     @property
     def members(self) -> tuple[int, ...]:
         """Current regular membership, sorted."""
@@ -502,9 +523,9 @@ class Srp:
         (``token_warning`` % of ``token``, integer ms as corosync computes it).  A warning
         at or beyond the timeout could never be seen (the loss cancels it), so none is
         armed then."""
-        token = self.config.token
+        token = self._config.token
         self._start(TimerKind.TOKEN_LOSS, token)
-        warn = self.config.token_warning * token // 100
+        warn = self._config.token_warning * token // 100
         if 0 < warn < token:
             self._start(TimerKind.TOKEN_WARNING, warn)
         self._loss_armed_at = self._now
@@ -514,7 +535,7 @@ class Srp:
         self._cancel(TimerKind.TOKEN_WARNING)
 
     def _reset_retransmit_timeout(self) -> None:
-        self._start(TimerKind.TOKEN_RETRANSMIT, self.config.token_retransmit)
+        self._start(TimerKind.TOKEN_RETRANSMIT, self._config.token_retransmit)
 
     # membership list helpers (tiny lists; order preserved for the wire)
     @staticmethod
@@ -544,8 +565,8 @@ class Srp:
         self._originated_orf_token = False
         self._set_add(self._proc, self.nodeid)
         self._send_join()
-        self._start(TimerKind.JOIN, self.config.join)
-        self._start(TimerKind.CONSENSUS, self.config.consensus)
+        self._start(TimerKind.JOIN, self._config.join)
+        self._start(TimerKind.CONSENSUS, self._config.consensus)
         self._cancel(TimerKind.TOKEN_RETRANSMIT)
         self._cancel_token_timeout()
         self._cancel(TimerKind.MERGE_DETECT)
@@ -562,7 +583,7 @@ class Srp:
         ring do not all answer a change at the same instant).  We arm SEND_JOIN instead
         of blocking; the JOIN is built when it fires, so it carries the lists of that
         moment, and a JOIN asked for while one is pending is covered by it."""
-        send_join = self.config.send_join
+        send_join = self._config.send_join
         if send_join > 0:
             if TimerKind.SEND_JOIN in self._armed:
                 return
@@ -1149,14 +1170,16 @@ class Srp:
         state = self.state
         if state is MembState.COMMIT or state is MembState.GATHER:
             return
-        if token.ring_id != self.ring_id:
+        tring = token.ring_id
+        mring = self.ring_id
+        if tring.seq != mring.seq or tring.rep != mring.rep:
             self._drop("foreign_ring", now, log=False)
             return
         if sq_lte(token.token_seq, self._token_seq):
             self._drop("duplicate_token", now, log=False)
             return
-        cfg = self.config
-        rep = self.ring_id.rep == self.nodeid
+        cfg = self._config
+        rep = mring.rep == self.nodeid
         # idle detection and hold decision (§3.5 steps 2 and 4)
         if token.seq == self._last_seq:
             if TimerKind.MERGE_DETECT not in self._armed:
@@ -1216,10 +1239,13 @@ class Srp:
         if state is MembState.RECOVERY:
             self._install_step(token)
         self._token_send(token, forward)
-        if self.state is MembState.OPERATIONAL:
+        if (self.state is MembState.OPERATIONAL
+                and self._high_delivered != self._high_seq_received):
             self._deliver(self._high_seq_received, skip=False, honor_safe=True)
-        self._reset_token_timeout(now)
-        self._reset_retransmit_timeout()
+        # _reset_token_timeout + _reset_retransmit_timeout, with the actions made once
+        self._armed.update(self._token_timer_kinds)
+        self._out.extend(self._token_timer_acts)
+        self._loss_armed_at = now
         if rep and self._token_held:
             self._start(TimerKind.TOKEN_HOLD, cfg.hold)
 
@@ -1244,7 +1270,7 @@ class Srp:
             self._out.append(Unicast(self._token_target, self._token_copy))
 
     def _fcc_calculate(self, token: OrfToken) -> int:
-        cfg = self.config
+        cfg = self._config
         allowed = cfg.max_messages
         room = (cfg.window_size - token.fcc) & U32
         if allowed > room:
@@ -1269,7 +1295,7 @@ class Srp:
 
     def _fcc_rtr_limit(self, token: OrfToken, allowed: int) -> int:
         """Never let the ring run more than the sort-queue window past last_released."""
-        limit = (self._last_released + QUEUE_SIZE - allowed - self.config.window_size) & U32
+        limit = (self._last_released + QUEUE_SIZE - allowed - self._config.window_size) & U32
         return 0 if sq_lt(limit, token.seq) else allowed
 
     def _fcc_token_update(self, token: OrfToken, sent: int) -> None:
@@ -1307,7 +1333,7 @@ class Srp:
         if count >= QUEUE_SIZE:
             count = 0  # a token that far ahead is not from a sane ring: request nothing
         items = queue.items
-        miss_const = self.config.miss_count_const
+        miss_const = self._config.miss_count_const
         seq = aru
         for _ in range(count):
             if len(rtr) >= RTR_MAX:
@@ -1379,7 +1405,7 @@ class Srp:
         until a token arrives or the token timeout cancels it."""
         since = self._last_token_rx if self._last_token_rx is not None else self._loss_armed_at
         self._log(LogLevel.NOTICE, f"Token has not been received in {now - since} ms ")
-        warn = self.config.token_warning * self.config.token // 100
+        warn = self._config.token_warning * self._config.token // 100
         if warn > 0:
             self._start(TimerKind.TOKEN_WARNING, warn)
 
@@ -1395,7 +1421,7 @@ class Srp:
 
     def _on_token_loss_timer(self, now: int) -> None:
         state = self.state
-        cfg = self.config
+        cfg = self._config
         if state is MembState.OPERATIONAL:
             self._log(LogLevel.DEBUG, "The token was lost in the OPERATIONAL state.")
             self._log(LogLevel.NOTICE,
@@ -1431,7 +1457,7 @@ class Srp:
     def _on_join_timer(self, now: int) -> None:
         if self.state is MembState.GATHER or self.state is MembState.COMMIT:
             self._send_join()
-            self._start(TimerKind.JOIN, self.config.join)
+            self._start(TimerKind.JOIN, self._config.join)
 
     def _on_consensus_timer(self, now: int) -> None:
         self._consensus_timeout_expired(now)

@@ -271,3 +271,22 @@ def test_pause_heartbeat_keeps_time_since_token_fresh():
     node = c.nodes[1]
     stale = c.now - node._last_token_rx - node.stats.time_since_token_last_received
     assert 0 <= stale <= c.config.token // 5
+
+
+def test_replacing_the_config_at_run_time_rederives_timers():
+    """exec/node.py applies a config reload by assigning ``srp.config``: the derived
+    values (token re-arm actions, pause threshold and heartbeat) must follow."""
+    c = formed_cluster(2)
+    node = c.nodes[1]
+    acts = []
+    c.observers.append(lambda nid, a: acts.append(a) if nid == 1 else None)
+    node.config = fast_config(2, token=2000, token_warning=50)
+    c.run_for(1000)
+    loss = {a.ms for a in acts if isinstance(a, StartTimer) and a.kind is TimerKind.TOKEN_LOSS}
+    warn = {a.ms for a in acts
+            if isinstance(a, StartTimer) and a.kind is TimerKind.TOKEN_WARNING}
+    assert loss == {2000} and warn == {1000}
+    assert {a.ms for a in acts
+            if isinstance(a, StartTimer) and a.kind is TimerKind.PAUSE} == {400}
+    assert node._pause_limit == 1000
+    assert c.ring_formed()
