@@ -802,13 +802,21 @@ class IpcClient:
     def closed(self) -> bool:
         return self._closed
 
+    def _poll(self, sock: socket.socket, events: int, timeout_ms: int) -> list[tuple[int, int]]:
+        """poll() one of our sockets; a socket closed by close() in another thread (fileno
+        -1) is the lost-connection error, not a ValueError."""
+        p = select.poll()
+        try:
+            p.register(sock, events)
+        except ValueError:
+            raise IpcError(errno.ENOTCONN, f"{self.service}: connection closed") from None
+        return p.poll(timeout_ms)
+
     def _check_alive(self) -> None:
         """libqb's liveness rule: HUP/ERR on the setup socket means the server is gone."""
         if self._closed:
             raise IpcError(errno.EBADF, f"{self.service}: connection closed")
-        p = select.poll()
-        p.register(self._setup, select.POLLIN | select.POLLPRI)
-        for _fd, ev in p.poll(0):
+        for _fd, ev in self._poll(self._setup, select.POLLIN | select.POLLPRI, 0):
             if ev & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
                 raise IpcError(errno.ENOTCONN, f"{self.service}: server disconnected")
             if ev & select.POLLIN and self.conn_type == IpcType.SOCKET:
@@ -855,9 +863,7 @@ class IpcClient:
         # slow to drain the socket (it processes one request per byte, §3.5).
         while not self._flush_notifications():
             self._check_alive()
-            p = select.poll()
-            p.register(self._setup, select.POLLOUT)
-            p.poll(int(_LIVENESS_SLICE * 1000))
+            self._poll(self._setup, select.POLLOUT, int(_LIVENESS_SLICE * 1000))
 
     def _commit(self, message: bytes, fc_enable_max: int = 1) -> None:
         """Put one message on its way without ever blocking: SHM writes the chunk and posts
@@ -939,9 +945,7 @@ class IpcClient:
                 return None
 
     def _recv_dgram(self, sock: socket.socket, timeout: float) -> bytes | None:
-        p = select.poll()
-        p.register(sock, select.POLLIN)
-        if not p.poll(int(timeout * 1000)):
+        if not self._poll(sock, select.POLLIN, int(timeout * 1000)):
             return None
         if self._rxbuf is None:
             # one reusable buffer: recv(max_msg_size) would allocate 1 MiB per datagram
@@ -1007,9 +1011,7 @@ class IpcClient:
                 return None
 
     def _recv_event_shm(self, timeout: float) -> bytes | None:
-        p = select.poll()
-        p.register(self._setup, select.POLLIN)
-        if not p.poll(int(timeout * 1000)):
+        if not self._poll(self._setup, select.POLLIN, int(timeout * 1000)):
             return None
         if self._closed:                         # close() from another thread woke poll()
             raise IpcError(errno.ENOTCONN, f"{self.service}: connection closed")
@@ -1162,6 +1164,8 @@ class _ShmResponseWaiter:
 
     def _take_nowait(self) -> bool:
         """A banked count, or one already posted; caller holds the lock."""
+        if self._stopping:   # closed: the semaphore may be unmapped already, never touch it
+            raise IpcError(errno.ENOTCONN, f"{self._service}: connection closed")
         if self._banked:
             self._banked -= 1
             return True
@@ -1180,8 +1184,6 @@ class _ShmResponseWaiter:
         with self._lock:
             ready = self._take_nowait()
             if not ready:
-                if self._stopping:
-                    raise IpcError(errno.ENOTCONN, f"{self._service}: connection closed")
                 task = trio.lowlevel.current_task()
                 self._parked = (task, trio.lowlevel.current_trio_token())
                 if self._thread is None:
@@ -1384,12 +1386,17 @@ class AsyncIpcClient:
     async def _locked_exchange(self, message: bytes) -> tuple[int, int, bytes]:
         import trio
 
+        c = self.client
+        if c.closed:
+            c._check_alive()                 # a call on a closed client: EBADF
         lock = self._request_lock
         try:
             lock.acquire_nowait()            # the usual case: no extra schedule point
         except trio.WouldBlock:
             await lock.acquire()             # fair: handed over in arrival order
         try:
+            if c.closed:                     # while we queued behind another call
+                raise self._closed_error()
             return await self._exchange(message)
         finally:
             lock.release()
@@ -1447,6 +1454,8 @@ class AsyncIpcClient:
         assert c._req_sock is not None
         await trio.lowlevel.checkpoint()     # a schedule point even when answered at once
         while True:
+            if c.closed:                     # by another task meanwhile
+                raise self._closed_error()
             raw = c.recv_response(0)
             if raw is not None:
                 return raw
@@ -1464,6 +1473,8 @@ class AsyncIpcClient:
         import trio
 
         c = self.client
+        if c.closed:
+            c._check_alive()                 # a call on a closed client: EBADF
         if self._token is None:
             self._token = trio.lowlevel.current_trio_token()
         # an enclosing cancel scope takes effect even while events keep coming, and a flood
@@ -1477,6 +1488,8 @@ class AsyncIpcClient:
         forever = timeout is None or timeout < 0
         with trio.move_on_after(math.inf if forever else timeout):
             while True:
+                if c.closed:                 # by another task while this call waited
+                    raise self._closed_error()
                 if c.conn_type == IpcType.SHM:
                     event = self._shm_event_nowait()
                 else:

@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from corosync.lib.ipc import (AsyncIpcClient, CsError, IpcClient, IpcError, IpcType,
                               pack_request)
@@ -476,4 +477,82 @@ async def test_recv_event_is_a_schedule_point(ipc_type: str) -> None:
                 inner.cancel_scope.cancel()
             assert ticks >= 200 // 16 - 1, ticks
             assert await c.recv_event(0) is None
+        n.cancel_scope.cancel()
+
+
+class _CloseBeforeStep(trio.abc.Instrument):
+    """Closes the client just before the watched task's n-th step: i.e. while the task is
+    suspended at a schedule point inside a call."""
+
+    def __init__(self, task: trio.lowlevel.Task, step: int, close: Any) -> None:
+        self.task, self.step, self.close, self.seen = task, step, close, 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task is self.task:
+            self.seen += 1
+            if self.seen == self.step:
+                self.close()
+
+
+@pytest.mark.parametrize("ipc_type", TYPES)
+async def test_close_while_call_suspended_at_its_schedule_point(ipc_type: str) -> None:
+    """close() lands while a call sits at its first schedule point (request out, response
+    not yet looked for): the call must fail cleanly, never touch the unmapped rings."""
+    svc = Service()
+    async with trio.open_nursery() as n:
+        srv = await start_server(n, svc, ipc_type=ipc_type)
+        c = await AsyncIpcClient.connect(srv.service)
+        assert await c.request(1, b"warm", timeout=5) == (101, CsError.OK, b"warm")
+        outcome: list[BaseException | object] = []
+
+        async def call() -> None:
+            instrument = _CloseBeforeStep(trio.lowlevel.current_task(), 2, c.close)
+            trio.lowlevel.add_instrument(instrument)
+            try:
+                # step 1 runs up to the first schedule point, step 2 would resume it
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                instrument.seen = 1
+                outcome.append(await c.request(1, b"x"))
+            except IpcError as exc:
+                outcome.append(exc)
+            finally:
+                trio.lowlevel.remove_instrument(instrument)
+
+        n.start_soon(call)
+        await expect_closed(outcome, time.monotonic())
+        n.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("ipc_type", TYPES)
+async def test_close_fails_queued_calls_too(ipc_type: str) -> None:
+    """Calls queued behind the one in flight (one request at a time) fail with the same
+    lost-connection error when the client closes; calls made afterwards get EBADF."""
+    svc = Service()
+    async with trio.open_nursery() as n:
+        srv = await start_server(n, svc, ipc_type=ipc_type)
+        c = await AsyncIpcClient.connect(srv.service)
+        outcomes: list[BaseException | object] = []
+
+        async def call(msg_id: int) -> None:
+            try:
+                outcomes.append(await c.request(msg_id, b""))
+            except IpcError as exc:
+                outcomes.append(exc)
+
+        n.start_soon(call, 4)                  # never answered: holds the request lock
+        await wait_until(lambda: any(m == 4 for _, m in svc.requests))
+        for _ in range(3):
+            n.start_soon(call, 1)              # queued behind it
+        await trio.testing.wait_all_tasks_blocked()
+        c.close()
+        await wait_until(lambda: len(outcomes) == 4)
+        for err in outcomes:
+            assert isinstance(err, IpcError) and err.errno == errno.ENOTCONN, err
+        assert sum(1 for _, m in svc.requests if m == 1) == 0
+        with pytest.raises(IpcError) as exc:
+            await c.request(1, b"")
+        assert exc.value.errno == errno.EBADF
+        with pytest.raises(IpcError) as exc:
+            await c.recv_event(0)
+        assert exc.value.errno == errno.EBADF
         n.cancel_scope.cancel()
