@@ -12,11 +12,12 @@ daemon are measured in the same client process, interleaved over several rounds;
 round of each is reported, with trio/blocking ratios.  Not a test: numbers depend on the
 machine (and its load: run it on a quiet one).
 
-Reading the numbers: Debian's corosync runs with real-time scheduling (SCHED_RR) and has
-usually committed the response before the client first looks, so every mode mostly finds it
-at once and the old poll wait is not slower there; against a daemon that answers later (ours,
-or any busy one) the old wait sleeps (trio/epoll timers have millisecond granularity), which
-is what the ``ipc-trio-poll`` rate for ours shows.
+Reading the numbers: the old poll wait is fast only when the response is already committed
+at its first look (one sem_trywait right after the send); otherwise it sleeps, and trio/epoll
+timers have millisecond granularity.  Against Debian's corosync (SCHED_RR, a C daemon) that
+first look hits on a busy machine and often misses on an idle one (wake-up latency), so its
+``ipc-trio-poll`` rate swings between ~1.5k/s and blocking speed from run to run; against
+ours it always misses.  The helper-thread wait does not depend on that.
 
 Modes (each one votequorum GETINFO request + response per round trip):
 
