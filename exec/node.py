@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import collections
 import errno
+import random
 import traceback
 from typing import Any, Callable, Iterable, Protocol
 
@@ -158,7 +159,9 @@ class Node:
         from .totem.pg import TotemPg
         from .totem.srp import Srp
 
-        return TotemPg(Srp(config.local_node.nodeid, config.totem_config, ring_seq=ring_seq))
+        # send_join's random delay: an OS-seeded stream, so nodes started together differ
+        return TotemPg(Srp(config.local_node.nodeid, config.totem_config, ring_seq=ring_seq,
+                           rng=random.Random()))
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -335,7 +338,12 @@ class Node:
         self.transport.unicast(action.nodeid, action.data)
 
     def _do_multicast(self, action: Multicast) -> None:
-        self.transport.multicast(action.data)
+        ok = self.transport.multicast(action.data)
+        if ok is None:
+            return  # udpu: per-member unicasts, not counted (as corosync)
+        note = getattr(self.srp, "note_mcast_send", None)
+        if note is not None and (not ok or self.srp.stats.continuous_sendmsg_failures):
+            note(ok)
 
     def _do_start_timer(self, action: StartTimer) -> None:
         deadline = trio.current_time() + action.ms / 1000.0
@@ -489,6 +497,11 @@ class Node:
     def _publish_stats(self) -> None:
         if self.stats_cmap is None:
             return
+        refresh = getattr(self.srp, "refresh_stats", None)
+        if refresh is not None:
+            # time_since_token_last_received & co. up to now; may log corosync's
+            # "unable to form a cluster" warning while the condition holds
+            self._drive(refresh)
         space = getattr(self.srp, "queue_space", None)
         if callable(space):
             self._stats_set("stats.pg.msg_queue_avail", int(space()), "UINT32")

@@ -91,7 +91,8 @@ class DatagramSocketMixin:
         if self._log is not None:
             self._log(level, key, message)
 
-    def _sendto(self, sock: socket.socket, data: bytes, addr: tuple[Any, ...]) -> None:
+    def _sendto(self, sock: socket.socket, data: bytes, addr: tuple[Any, ...]) -> bool:
+        """Send one datagram; False when the kernel refused it (counted and logged)."""
         if self.envelope is not None:
             data = self.envelope.wrap(data)
         try:
@@ -102,9 +103,10 @@ class DatagramSocketMixin:
             reason = errno.errorcode.get(exc.errno or 0, "error")
             self._emit(LogLevel.WARNING, f"tx:{reason}",
                        f"sendmsg(ucast) failed (non-critical): {exc.strerror} ({exc.errno})")
-            return
+            return False
         self.stats.tx_datagrams += 1
         self.stats.tx_bytes += len(data)
+        return True
 
     async def _receive_loop(self, sock: socket.socket, deliver: Deliver,
                             accept: Callable[[tuple[Any, ...]], bool]) -> None:

@@ -136,12 +136,15 @@ class UdpTransport(DatagramSocketMixin):
             return
         self._sendto(self._send, data, addr)
 
-    def multicast(self, data: bytes) -> None:
+    def multicast(self, data: bytes) -> bool | None:
+        """Send to the group; the result (False: the kernel refused it) feeds Totem's
+        ``continuous_sendmsg_failures``, which corosync counts on this socket only."""
         if self._send is None:
-            return
-        self._sendto(self._send, data, self._sockaddr(self.mcastaddr, self.port))
+            return None
+        ok = self._sendto(self._send, data, self._sockaddr(self.mcastaddr, self.port))
         if self._deliver is not None:
             self._deliver(data)  # the local copy (loop is off)
+        return ok
 
     def _accept_mcast(self, addr: tuple[Any, ...]) -> bool:
         if tuple(addr[:2]) == self._own_source:

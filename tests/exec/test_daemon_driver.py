@@ -201,3 +201,19 @@ async def test_unknown_action_is_logged_not_fatal(tmp_path):
         await node.wait_stopped()
     assert "Unknown Totem action 'not an action' ignored" in stream.getvalue()
     assert struct.unpack("=Q", open(ringid.ringid_path(str(tmp_path), 1), "rb").read()) == (3,)
+
+
+def test_multicast_send_failures_feed_srp_counter(tmp_path):
+    """udp's multicast result reaches Srp.note_mcast_send (corosync's
+    continuous_sendmsg_failures); udpu (None: per-member unicasts) is never counted."""
+    from corosync.exec.totem.srp import Srp
+
+    srp = Srp(1, derive(1, token=300, join=50))
+    node, _, _ = make_node(tmp_path, srp)
+    results = iter([False, False, True, None, False, None])
+    node.transport = types.SimpleNamespace(multicast=lambda data: next(results))
+    seen = []
+    for _ in range(6):
+        node._execute([Multicast(b"x")], 0)
+        seen.append(srp.stats.continuous_sendmsg_failures)
+    assert seen == [1, 2, 0, 0, 1, 1]

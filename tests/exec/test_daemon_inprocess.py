@@ -134,5 +134,9 @@ async def test_cmap_runtime_and_stats_keys(tmp_path):
         assert cmap.get("stats.srp.orf_token_rx") > 0
         assert cmap.get("stats.srp.operational_entered") >= 2
         assert cmap.get_type("stats.pg.msg_queue_avail") == CmapType.UINT32
+        # refreshed on publish: a live ring got a token moments ago (not "since the epoch")
+        assert cmap.get_type("stats.srp.time_since_token_last_received") == CmapType.UINT64
+        assert 0 <= cmap.get("stats.srp.time_since_token_last_received") < 10_000
+        assert cmap.get_type("stats.srp.continuous_sendmsg_failures") == CmapType.UINT32
         for n in nodes[:2]:
             n.stop()
