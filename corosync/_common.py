@@ -199,7 +199,7 @@ async def run_async(client: AsyncIpcClient, plan: Plan[T], timeout: float | None
                 if isinstance(step, Request):
                     walk.reply = Reply(*await client.request_raw(step.message, timeout))
                 elif isinstance(step, SendOnly):
-                    client.client.send(step.message, fc_enable_max=step.fc_enable_max)
+                    await client.send(step.message, fc_enable_max=step.fc_enable_max)
                 else:
                     await trio.sleep(step.seconds)
             except IpcError as exc:
