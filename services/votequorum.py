@@ -565,8 +565,13 @@ class VotequorumService(Service):
             return
         for n in vq.members():
             n.expected_votes = expected
+        self._reconfigure(conn, Reconfig.EXPECTED_VOTES, self.api.nodeid, expected)
+
+    def _reconfigure(self, conn: Any, kind: Reconfig, nodeid: int, value: int) -> None:
+        """Send a RECONFIGURE and answer the client: NO_RESOURCES when the queue is full
+        (corosync's answer when the exec message cannot be queued), OK otherwise."""
         try:
-            self.api.mcast(encode_reconfigure(Reconfig.EXPECTED_VOTES, self.api.nodeid, expected))
+            self.api.mcast(encode_reconfigure(kind, nodeid, value))
         except SendFailed:
             self._status(conn, CsError.ERR_NO_RESOURCES)
             return
@@ -583,12 +588,7 @@ class VotequorumService(Service):
         if not ok:
             self._status(conn, CsError.ERR_INVALID_PARAM)
             return
-        try:
-            self.api.mcast(encode_reconfigure(Reconfig.NODE_VOTES, nodeid, votes))
-        except SendFailed:
-            self._status(conn, CsError.ERR_NO_RESOURCES)
-            return
-        self._status(conn)
+        self._reconfigure(conn, Reconfig.NODE_VOTES, nodeid, votes)
 
     def _lib_trackstart(self, conn: Any, payload: bytes) -> None:
         need(payload, 12, "votequorum trackstart")
