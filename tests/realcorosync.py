@@ -165,14 +165,19 @@ def client_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def free_udp_port(ip: str = "127.0.0.1") -> int:
-    """A UDP port free on ``ip`` together with port − 1 (corosync binds both for udp)."""
-    for _ in range(100):
+def free_udp_port(ip: str = "127.0.0.1", *more: str) -> int:
+    """A UDP port free on ``ip`` (and every address in ``more``, IPv4 or IPv6) together
+    with port − 1 (corosync binds both for udp)."""
+    for _ in range(200):
         port = random.randint(20000, 60000)
-        socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
+        socks: list[socket.socket] = []
         try:
-            for s, p in zip(socks, (port, port - 1)):
-                s.bind((ip, p))
+            for addr in (ip, *more):
+                family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+                for p in (port, port - 1):
+                    s = socket.socket(family, socket.SOCK_DGRAM)
+                    socks.append(s)
+                    s.bind((addr, p))
             return port
         except OSError:
             continue

@@ -9,10 +9,8 @@ parsing the daemons' log files, the same lines an operator reads.
 from __future__ import annotations
 
 import os
-import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +18,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import pytest
+from realcorosync import free_udp_port
 
 # Test modules import these helpers as ``exec_testlib``: the plain name ``conftest`` is
 # shared by every test directory's conftest, so ``from conftest import …`` would resolve to
@@ -32,24 +31,7 @@ SYNC_MEMBERS_RE = re.compile(r"\[QUORUM\] Sync members\[\d+\]: ([\d ]+)")
 
 def pick_port(ips: Iterable[str] = ("127.0.0.1",)) -> int:
     """A UDP port free on every given address (udp also needs port − 1)."""
-    ips = list(ips)
-    for _ in range(200):
-        port = random.randint(20000, 60000)
-        socks = []
-        try:
-            for ip in ips:
-                for p in (port, port - 1):
-                    fam = socket.AF_INET6 if ":" in ip else socket.AF_INET
-                    s = socket.socket(fam, socket.SOCK_DGRAM)
-                    socks.append(s)
-                    s.bind((ip, p))
-            return port
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free UDP port")
+    return free_udp_port(*ips)
 
 
 def node_config(*, nodeid: int, nodes: list[tuple[int, str]], port: int, directory: Path,
